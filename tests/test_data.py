@@ -15,7 +15,7 @@ def test_discovery_sorted_classes_nested_and_hidden_ignored(tiny_dataset):
     write_tone(os.path.join(tiny_dataset, ".trash", "y.wav"), 300)
     with open(os.path.join(tiny_dataset, "high", "notes.txt"), "w") as f:
         f.write("not audio")
-    classes, files = tag.discover(tiny_dataset)
+    classes, files, skipped = tag.discover(tiny_dataset)
     assert classes == ["high", "low", "noise"]
     assert len(files) == 12
     assert {os.path.basename(p) for p, y in files if y == 2} == {f"n{i}.wav" for i in range(4)}  # nested sub/
@@ -109,7 +109,7 @@ def test_stale_cache_is_never_used(tiny_dataset, tmp_path, change):
 def test_demo_dataset_is_deterministic_and_distinct(tmp_path):
     a = tag.make_demo_dataset(str(tmp_path / "a"), 22050, clips_per_class=2)
     b = tag.make_demo_dataset(str(tmp_path / "b"), 22050, clips_per_class=2)
-    classes, files = tag.discover(a)
+    classes, files, _ = tag.discover(a)
     assert len(classes) == 4 and len(files) == 8
     for (pa, _), (pb, _) in zip(files, tag.discover(b)[1]):
         assert open(pa, "rb").read() == open(pb, "rb").read()

@@ -68,7 +68,7 @@ def test_load_audio_resamples_mixes_and_normalises(tmp_path):
 def test_load_audio_rejects_unusable(tmp_path):
     empty = str(tmp_path / "empty.wav")
     sf.write(empty, np.zeros(0, np.float32), 16000)
-    with pytest.raises(ValueError, match="no samples"):
+    with pytest.raises(ValueError, match="no audio samples"):
         tag.load_audio(empty, 22050)
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"not audio at all" * 10)

@@ -1,0 +1,273 @@
+"""Bad input, bad configuration, interruptions and numerical failure never crash a run or lose work."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import tag, tiny_config, write_tone
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_audio_gan.py")
+SR = 16000
+TONE = (0.3 * np.sin(np.arange(SR) / 5)).astype(np.float32)
+
+
+def malformed_corpus(folder):
+    """{file name: expected outcome}: "ok", "ignored", or a fragment of the skip reason."""
+    os.makedirs(folder, exist_ok=True)
+    p = lambda name: os.path.join(folder, name)
+    sf.write(p("good.wav"), TONE, SR)
+    wav = open(p("good.wav"), "rb").read()
+    open(p("empty.wav"), "wb").close()
+    open(p("header_only.wav"), "wb").write(wav[:44])
+    open(p("cut_header.wav"), "wb").write(wav[:30])
+    open(p("random_bytes.wav"), "wb").write(np.random.default_rng(0).bytes(4000))
+    sf.write(p("g.mp3"), TONE, SR)
+    mp3 = open(p("g.mp3"), "rb").read()
+    os.remove(p("g.mp3"))
+    open(p("truncated.mp3"), "wb").write(mp3[:len(mp3) // 2])  # libsndfile returns a short array, no error
+    sf.write(p("g.flac"), TONE, SR)
+    flac = open(p("g.flac"), "rb").read()
+    os.remove(p("g.flac"))
+    open(p("truncated.flac"), "wb").write(flac[:len(flac) // 2])
+    open(p("truncated.wav"), "wb").write(wav[:len(wav) // 2])  # the header is corrected: the half that is there
+    sf.write(p("nan.wav"), np.where(np.arange(SR) % 100 == 0, np.nan, TONE).astype(np.float32), SR, subtype="FLOAT")
+    sf.write(p("inf.wav"), np.where(np.arange(SR) % 100 == 0, np.inf, TONE).astype(np.float32), SR, subtype="FLOAT")
+    sf.write(p("pcm8.wav"), TONE, SR, subtype="PCM_U8")
+    sf.write(p("pcm24.wav"), TONE, SR, subtype="PCM_24")
+    sf.write(p("stereo96k.wav"), np.stack([TONE, -TONE], 1).repeat(6, 0), 96000)
+    sf.write(p("silence.wav"), np.zeros(SR, np.float32), SR)
+    open(p("notes.txt"), "w").write("hello")
+    open(p(".DS_Store"), "wb").write(b"\0\0\0\1Bud1")
+    open(p("cover.png"), "wb").write(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    open(p("image_named.mp3"), "wb").write(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    os.symlink(p("missing-target.wav"), p("broken_link.wav"))
+    os.mkfifo(p("fifo.wav"))
+    return {"good.wav": "ok", "empty.wav": "unreadable", "header_only.wav": "no audio samples",
+            "cut_header.wav": "unreadable", "random_bytes.wav": "unreadable", "truncated.mp3": "truncated",
+            "truncated.flac": "unreadable", "truncated.wav": "ok", "nan.wav": "NaN", "inf.wav": "NaN", "pcm8.wav": "ok",
+            "pcm24.wav": "ok", "stereo96k.wav": "ok", "silence.wav": "silent", "notes.txt": "ignored",
+            ".DS_Store": "ignored", "cover.png": "ignored", "image_named.mp3": "unreadable",
+            "broken_link.wav": "broken link", "fifo.wav": "not a regular file"}
+
+
+def test_every_malformed_file_is_skipped_with_its_reason(tmp_path, capsys):
+    expected = malformed_corpus(str(tmp_path / "data" / "bad"))
+    for i in range(4):
+        write_tone(str(tmp_path / "data" / "fine" / f"{i}.wav"), 300 + 50 * i)
+    result = tag.train(tiny_config(str(tmp_path / "data"), tmp_path / "out"))  # training goes on with the rest
+    out = capsys.readouterr().out
+    for name, outcome in expected.items():
+        lines = [line for line in out.splitlines() if line.startswith("Skipping") and f"/{name}:" in line]
+        if outcome in ("ok", "ignored"):
+            assert not lines, f"{name} should not be skipped: {lines}"
+        else:
+            assert len(lines) == 1 and outcome in lines[0], f"{name}: expected one line with {outcome!r}: {lines}"
+    n_skipped = sum(v not in ("ok", "ignored") for v in expected.values())
+    assert f"Skipped {n_skipped} of" in out
+    assert "Ignored 2 non-audio file(s)" in out  # notes.txt and cover.png; .DS_Store is hidden
+    assert "bad (5)" in out and "fine (4)" in out  # the usable ones: good, truncated.wav, 8-bit, 24-bit, 96k stereo
+    assert torch.isfinite(torch.tensor(result["history"]["loss/critic"])).all()
+    tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out"), torch.device("cpu"))  # cache hit
+    assert capsys.readouterr().out.count("Skipping") == n_skipped  # still reported when the cache is used
+
+
+def test_unreadable_file_is_skipped(tmp_path, monkeypatch, capsys):
+    for c in ("a", "b"):
+        for i in range(2):
+            write_tone(str(tmp_path / "data" / c / f"{i}.wav"), 300 + 100 * i)
+    locked = str(tmp_path / "data" / "a" / "0.wav")
+    os.chmod(locked, 0)
+    if os.access(locked, os.R_OK):  # root reads anything: make the read fail the way a permission error does
+        real = tag.sf.SoundFile
+        monkeypatch.setattr(tag.sf, "SoundFile", lambda path, *a, **k: (_ for _ in ()).throw(
+            PermissionError(13, "Permission denied", path)) if path == locked else real(path, *a, **k))
+    data = tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
+    assert len(data) == 3
+    assert f"Skipping {locked}: unreadable" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"), ("no_classes", "0 class folder"), ("one_class", "at least 2"),
+    ("class_without_audio", "have no usable audio"), ("batch_too_big", "larger than the dataset"),
+    ("out_dir_unwritable", "Cannot write to out_dir"), ("bad_n_frames", "n_frames=40"), ("bad_n_mels", "n_mels=0"),
+])
+def test_bad_configuration_is_refused_before_work(tmp_path, tiny_dataset, case, message):
+    base, out, kw = tiny_dataset, tmp_path / "out", {}
+    if case == "missing":
+        base = str(tmp_path / "nowhere")
+    elif case in ("no_classes", "one_class", "class_without_audio"):
+        base = str(tmp_path / "d")
+        os.makedirs(base)
+        if case != "no_classes":
+            write_tone(os.path.join(base, "a", "x.wav"), 440)
+        if case == "class_without_audio":
+            os.makedirs(os.path.join(base, "b"))
+            sf.write(os.path.join(base, "b", "quiet.wav"), np.zeros(100, np.float32), SR)
+    elif case == "batch_too_big":
+        kw["batch_size"] = 13
+    elif case == "out_dir_unwritable":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"  # a path through a regular file can never be created, even by root
+    elif case == "bad_n_frames":
+        kw["n_frames"] = 40
+    else:
+        kw["n_mels"] = 0
+    with pytest.raises(SystemExit, match=message):
+        tag.train(tiny_config(base, out, **kw))
+    assert not (out / "checkpoint.pt").exists() if out.parent.is_dir() else True
+
+
+def test_checkpoint_of_other_classes_or_garbage_is_refused(tmp_path, tiny_dataset):
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a"))
+    os.rename(os.path.join(tiny_dataset, "noise"), os.path.join(tiny_dataset, "static"))
+    with pytest.raises(SystemExit, match="trained on classes"):
+        tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, resume=True))
+    (tmp_path / "a" / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        tag.generate(tag.Config(mode="generate", out_dir=str(tmp_path / "a"), vocoder="griffinlim"))
+
+
+def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset, monkeypatch):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", epochs=3, epoch_steps=4, n_critic=1, log_every=3)
+    calls, real_gp = [], tag.gradient_penalty
+    # one gradient-penalty call per step (n_critic=1): poison step 6, inside epoch 2
+    monkeypatch.setattr(tag, "gradient_penalty", lambda *a: calls.append(1) or (
+        real_gp(*a) * float("nan") if len(calls) == 6 else real_gp(*a)))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(SystemExit, match=r"Non-finite loss at step 6 .*checkpoint.*untouched") as err:
+        tag.train(cfg)
+    assert str(ckpt) in str(err.value)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # epoch 1's checkpoint, not overwritten
+
+
+def test_diverging_critic_is_reported(tmp_path, tiny_dataset, capsys):
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a"))
+    assert "diverging" not in capsys.readouterr().out
+    tag.train(tiny_config(tiny_dataset, tmp_path / "b", max_wdist=0.0))
+    assert "the critic is diverging" in capsys.readouterr().out
+
+
+# ---- interruptions, in real subprocesses
+
+def cli(data, out, *extra):
+    return [sys.executable, SCRIPT, "--base_path", data, "--out_dir", str(out), "--n_frames", "16", "--batch_size",
+            "4", "--latent_dim", "8", "--embed_dim", "4", "--g_channels", "4", "--d_channels", "4", "--n_critic", "1",
+            "--log_every", "7", "--vocoder", "griffinlim", "--device", "cpu", "--epochs", "2", *extra]
+
+
+def wait_for(path, proc, timeout=120):
+    t0 = time.time()
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def final_weights(out):
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["generator"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted(tmp_path, tiny_dataset, sig):
+    args = ["--epoch_steps", "120"]
+    subprocess.run(cli(tiny_dataset, tmp_path / "straight", *args), check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(cli(tiny_dataset, tmp_path / "cut", *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "cut" / "gan_spectrogram_plots" / "real_examples.png", proc)  # the loop is starting
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"Stopped by {sig.name}" in out and "--resume" in out and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert 0 < ckpt["step"] < 240
+    subprocess.run(cli(tiny_dataset, tmp_path / "cut", *args, "--resume"), check=True, capture_output=True,
+                   timeout=300)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "cut")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # as if never interrupted
+
+
+KILL_DURING_SECOND_CHECKPOINT = """
+import sys, time, torch
+sys.path.insert(0, {repo!r})
+import train_audio_gan as tag
+save, writes = torch.save, []
+def slow_save(obj, f, *a, **k):
+    save(obj, f, *a, **k)
+    if "checkpoint.pt.tmp" in str(f):
+        writes.append(f)
+        if len(writes) == 2:
+            time.sleep(60)  # the temp file is written but not yet moved into place: killed here
+torch.save = slow_save
+tag.main(sys.argv[1:])
+"""
+
+
+def test_kill_9_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, tiny_dataset):
+    code = KILL_DURING_SECOND_CHECKPOINT.format(repo=os.path.dirname(SCRIPT))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", code, *cli(tiny_dataset, out, "--epoch_steps", "5")[2:]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not [n for n in os.listdir(out) if n.startswith("checkpoint.pt.tmp")] if out.exists() else True:
+        assert proc.poll() is None and time.time() - t0 < 120
+        time.sleep(0.05)
+    while proc.poll() is None and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the second write's pause
+    proc.kill()
+    proc.wait()
+    assert [n for n in os.listdir(out) if n.startswith("checkpoint.pt.tmp")], "killed during the write"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the previous one, intact
+    done = subprocess.run(cli(tiny_dataset, out, "--epoch_steps", "5", "--resume"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert not [n for n in os.listdir(out) if ".tmp" in n]  # the stale temp file is cleared
+
+
+# ---- properties over arbitrary inputs
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 200), min_size=1, max_size=6), n_frames=st.sampled_from([16, 32, 64]),
+       seed=st.integers(0, 2 ** 16))
+def test_crops_are_windows_or_padded_clips(lengths, n_frames, seed):
+    torch.manual_seed(seed)
+    frames = torch.randn(3, sum(lengths))
+    lengths_t = torch.tensor(lengths)
+    offsets = torch.cumsum(lengths_t, 0) - lengths_t
+    x = tag.random_crops(frames, offsets, lengths_t, n_frames, floor=-7.0)
+    assert x.shape == (len(lengths), 1, 3, n_frames)
+    for i, (o, n) in enumerate(zip(offsets.tolist(), lengths)):
+        clip, crop = frames[:, o:o + n], x[i, 0]
+        if n <= n_frames:
+            assert torch.equal(crop[:, :n], clip) and torch.all(crop[:, n:] == -7.0)
+        else:
+            assert any(torch.equal(clip[:, s:s + n_frames], crop) for s in range(n - n_frames + 1))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(n=st.integers(1, 30000), rate=st.sampled_from([8000, 11025, 16000, 22050, 44100, 48000, 96000]),
+       channels=st.integers(1, 4), subtype=st.sampled_from(["PCM_16", "PCM_24", "FLOAT", "PCM_U8"]),
+       seed=st.integers(0, 1000))
+def test_loader_on_arbitrary_lengths_rates_and_channels(tmp_path, n, rate, channels, subtype, seed):
+    audio = np.random.default_rng(seed).uniform(-0.5, 0.5, (n, channels)).astype(np.float32)
+    path = str(tmp_path / f"clip_{seed}_{n}_{rate}_{channels}.wav")
+    sf.write(path, audio, rate, subtype=subtype)
+    try:
+        wav = tag.load_audio(path, 22050)
+    except ValueError as e:  # refused only when all zeros after quantising, or too short to survive resampling
+        assert ("silent" in str(e) and not sf.read(path)[0].any()) or ("too short" in str(e) and n * 22050 < rate)
+        return
+    assert wav.dtype == np.float32 and wav.ndim == 1 and np.isfinite(wav).all()
+    assert abs(len(wav) - n * 22050 / rate) <= 1
+    assert abs(np.abs(wav).max() - 0.95) < 1e-5
+    mel = tag.MelSpectrogram(tag.Config())(torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav)))))[None])
+    assert mel.shape[-1] >= 4 and torch.isfinite(mel).all()
