@@ -25,8 +25,10 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 
@@ -58,7 +60,7 @@ class Config:
     # optimisation
     epochs: int = arg(100, "training epochs")
     epoch_steps: int = arg(0, "generator steps per epoch; 0 = one pass of critic batches over the data")
-    batch_size: int = arg(128, "examples per critic and generator step")
+    batch_size: int = arg(128, "examples per critic and generator step (per process under torchrun)")
     n_critic: int = arg(5, "critic steps per generator step")
     lambda_gp: float = arg(10.0, "gradient-penalty weight")
     lr: float = arg(2e-4, "Adam learning rate, both networks")
@@ -67,6 +69,7 @@ class Config:
     seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise")
     deterministic: bool = arg(False, "use deterministic algorithms (slower on GPU)")
     device: str = arg("auto", '"auto" (cuda if available), "cuda", "cuda:1" or "cpu"')
+    amp: str = arg("auto", '"auto" (bf16 on GPUs that have it, else fp16; off on CPU), "bf16", "fp16" or "off"')
     # outputs
     samples_per_class: int = arg(2, "fixed-noise samples vocoded per class after every epoch")
     log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)")
@@ -82,11 +85,12 @@ class Config:
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
 
 
-# A CPU-sized preset for the synthetic demo: under 4 minutes on 2 cores. Flags given explicitly still win.
+# A CPU-sized preset for the synthetic demo: about 4 minutes on 2 cores. Flags given explicitly still win.
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=10, epoch_steps=60)
 # Model and mel settings a checkpoint must share with the run that loads it.
 ARCH_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "n_frames", "scaling",
              "latent_dim", "embed_dim", "g_channels", "d_channels")
+CHOICES = {"scaling": ("affine", "log1p"), "amp": ("auto", "bf16", "fp16", "off"), "mode": ("train", "generate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
@@ -124,10 +128,9 @@ def check_config(cfg):
     for name in ("n_mels", "n_frames"):
         if getattr(cfg, name) < 16 or getattr(cfg, name) % 16:
             problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 times)")
-    if cfg.scaling not in ("affine", "log1p"):
-        problems.append(f'scaling={cfg.scaling!r} must be "affine" or "log1p"')
-    if cfg.mode not in ("train", "generate"):
-        problems.append(f'mode={cfg.mode!r} must be "train" or "generate"')
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            problems.append(f"{name}={getattr(cfg, name)!r} must be one of {', '.join(choices)}")
     for name in ("batch_size", "n_critic", "epochs", "samples_per_class", "log_every", "vocoder_batch", "n_generate"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
@@ -191,6 +194,7 @@ class MelSpectrogram(nn.Module):
         self.register_buffer("window", torch.hann_window(cfg.win_length))
 
     def forward(self, wav):
+        wav = F.pad(wav, (0, max(0, self.n_fft - wav.shape[-1])))  # clips shorter than a window: pad with silence
         pad = (self.n_fft - self.hop) // 2
         wav = F.pad(wav.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
         spec = torch.stft(wav, self.n_fft, self.hop, self.win, self.window, center=False, return_complex=True)
@@ -310,6 +314,7 @@ class MelDataset:
             device = torch.device("cpu")  # too big for the GPU: crops are gathered on the host and copied
         self.frames, self.offsets = frames.to(device), offsets.to(device)
         self.lengths_d, self.labels_d = self.lengths.to(device), self.labels.to(device)
+        self.shard = torch.arange(len(self.labels), device=device)  # under DDP each rank keeps every world-th clip
         self.n_frames, self.floor = cfg.n_frames, to_gan(torch.tensor(LOG_FLOOR), cfg.scaling).item()
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
@@ -329,7 +334,6 @@ class MelDataset:
             except Exception as e:  # one bad file must never end the run: name it, skip it, go on
                 skipped.append([path, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"])
                 continue
-            audio = np.pad(audio, (0, max(0, cfg.n_fft - len(audio))))  # very short clips: at least one window
             with torch.no_grad():
                 m = mel(torch.from_numpy(audio)[None])[0]  # (n_mels, frames)
             chunks.append(m)
@@ -342,6 +346,10 @@ class MelDataset:
 
     def __len__(self):
         return len(self.lengths)
+
+    def sample(self, n):
+        """n random clip indices from this rank's shard, drawn on the data's device (no host sync)."""
+        return self.shard[torch.randint(len(self.shard), (n,), device=self.shard.device)]
 
     def crops(self, idx):
         """Clips idx as (B, 1, n_mels, n_frames) with their labels (B,)."""
@@ -403,8 +411,9 @@ class Critic(nn.Module):
 def gradient_penalty(critic, real, fake, labels):
     """Gulrajani et al.: E[(||grad_x D(x)||_2 - 1)^2] at x = eps*real + (1-eps)*fake, eps ~ U(0,1) per sample."""
     eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device)
-    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x, labels).sum(), x, create_graph=True)
+    x = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+    with torch.autocast(real.device.type, enabled=False):  # fp32 even under mixed precision: a 2nd-order term
+        (grad,) = torch.autograd.grad(critic(x, labels).sum(), x, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
@@ -422,11 +431,14 @@ class ResBlock(nn.Module):
     def __init__(self, ch, kernel, dilations, kind):
         super().__init__()
         conv = lambda d: nn.Conv1d(ch, ch, kernel, 1, dilation=d, padding=(kernel * d - d) // 2)
-        self.convs1 = nn.ModuleList(conv(d) for d in dilations)
-        self.convs2 = nn.ModuleList(conv(1) for _ in dilations) if kind == "1" else None
+        dilated = nn.ModuleList(conv(d) for d in dilations)
+        if kind == "1":  # jik876's parameter names, so that checkpoints load as they are
+            self.convs1, self.convs2 = dilated, nn.ModuleList(conv(1) for _ in dilations)
+        else:
+            self.convs, self.convs2 = dilated, None
 
     def forward(self, x):
-        for i, c1 in enumerate(self.convs1):
+        for i, c1 in enumerate(self.convs1 if self.convs2 is not None else self.convs):
             xt = c1(F.leaky_relu(x, 0.1))
             if self.convs2 is not None:
                 xt = self.convs2[i](F.leaky_relu(xt, 0.1))
@@ -686,98 +698,178 @@ def pick_device(name):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
+def amp_dtype(cfg, device):
+    """The autocast dtype, or None for fp32."""
+    if cfg.amp == "auto":
+        return None if device.type != "cuda" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+def setup_distributed(cfg):
+    """(rank, world, device). Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or per CPU with gloo."""
+    device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+@contextlib.contextmanager
+def rank_zero_first(rank, world):
+    """Rank 0 runs the block (writing demo data, the mel cache) before the other ranks read what it wrote."""
+    if world > 1 and rank:
+        dist.barrier()
+    yield
+    if world > 1 and not rank:
+        dist.barrier()
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DDP) else model
+
+
+def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype):
+    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
+
+    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
+    device, B = next(unwrap(critic).parameters()).device, cfg.batch_size
+    amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    for _ in range(cfg.n_critic):
+        idx = data.sample(B)
+        real, labels = (t.to(device, non_blocking=True) for t in data.crops(idx))
+        with torch.no_grad(), amp():
+            fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
+        with amp():  # real and fake in one forward: one DDP call, larger kernels
+            scores = critic(torch.cat([real, fake]), torch.cat([labels, labels])).float()
+        wdist = scores[:B].mean() - scores[B:].mean()
+        gp = gradient_penalty(critic, real, fake, labels)
+        loss_c = cfg.lambda_gp * gp - wdist
+        opt_c.zero_grad(set_to_none=True)
+        scalers[1].scale(loss_c).backward()
+        scalers[1].step(opt_c)
+        scalers[1].update()
+    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
+    unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
+    with amp():
+        loss_g = -unwrap(critic)(generator(torch.randn(B, cfg.latent_dim, device=device), labels), labels).float().mean()
+    opt_g.zero_grad(set_to_none=True)
+    scalers[0].scale(loss_g).backward()
+    scalers[0].step(opt_g)
+    scalers[0].update()
+    unwrap(critic).requires_grad_(True)
+    return torch.stack([loss_c, loss_g, wdist, gp]).detach()
+
+
 def train(cfg):
     """Train and write every output; returns a dict with the models, the loss history, the classes and paths."""
     check_config(cfg)
-    check_writable(cfg.out_dir)
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    rank, world, device = setup_distributed(cfg)
+    try:
+        with contextlib.redirect_stdout(open(os.devnull, "w")) if rank else contextlib.nullcontext():
+            return fit(cfg, rank, world, device)  # only rank 0 prints and writes
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def fit(cfg, rank, world, device):
+    if rank == 0:
+        check_writable(cfg.out_dir)
+    torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     else:
         torch.backends.cudnn.benchmark = True
-    if cfg.base_path == "demo":
-        cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
-                                                                   cfg.sample_rate))
-    data = MelDataset(cfg, device)
+    with rank_zero_first(rank, world):
+        if cfg.base_path == "demo":
+            cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
+                                                                       cfg.sample_rate))
+        data = MelDataset(cfg, device)
     classes = data.classes
-    if cfg.batch_size > len(data):
-        raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips); "
-                         f"pass --batch_size {len(data)} or less, or add data.")
+    if cfg.batch_size > len(data) // world:
+        raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
+                         f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
+                         f"{len(data) // world} or less, or add data.")
+    data.shard = data.shard[rank::world]
     generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
-    opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    print(f"device {device}; generator {sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
+    fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
+    opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    dtype = amp_dtype(cfg, device)
+    scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
+    print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
+          f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
           f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
 
     # The same noise every epoch (DCGAN's fixed_noise) from its own seeded generator: progress is audible.
     sample_labels = torch.arange(len(classes)).repeat_interleave(cfg.samples_per_class)
     fixed_noise = torch.randn(len(sample_labels), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
     history = {"step": [], "epoch": [], **{m: [] for m in METRICS}}
-    ckpt_path, epoch0, step = os.path.join(cfg.out_dir, "checkpoint.pt"), 0, 0
+    running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
+    ckpt_path, epoch0, epoch_step0, step = os.path.join(cfg.out_dir, "checkpoint.pt"), 0, 0, 0
     if cfg.resume:
         ckpt = load_checkpoint(ckpt_path, cfg, classes)
         generator.load_state_dict(ckpt["generator"])
         critic.load_state_dict(ckpt["critic"])
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_c.load_state_dict(ckpt["opt_c"])
-        epoch0, step, history, fixed_noise = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["fixed_noise"]
+        for scaler, state in zip(scalers, ckpt["scalers"]):
+            if state:  # empty when the run that wrote it was not fp16
+                scaler.load_state_dict(state)
+        epoch0, epoch_step0, step, history = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["history"]
+        fixed_noise, running = ckpt["fixed_noise"], ckpt["running"].to(device)
         torch.set_rng_state(ckpt["rng_cpu"])
         if device.type == "cuda" and ckpt["rng_cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        if world > 1:
+            torch.manual_seed(cfg.seed + rank + step)  # one saved RNG state cannot serve every rank
         print(f"Resumed from {ckpt_path} at epoch {epoch0}, step {step}")
-    else:
+    elif rank == 0:
         real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(classes))])
         real, _ = data.crops(real_idx)
         plot_mels(from_gan(real, cfg.scaling).cpu(), classes,
                   os.path.join(cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), cfg, "Real examples")
-    vocoder = load_vocoder(cfg, device)
+    if world > 1:
+        generator, critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+                             for m in (generator, critic))
+    vocoder = load_vocoder(cfg, device) if rank == 0 else None
     fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
-    epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic))
-    running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
+    epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic * world))
     first_bad = torch.tensor(-1, device=device)  # first step with a non-finite loss, tracked without a host sync
-    epoch_step0 = 0
-    if cfg.resume:
-        running, epoch_step0 = ckpt["running"].to(device), ckpt["epoch_step"]
 
     def save_checkpoint(epoch_done, epoch_step):
-        state = {"generator": generator.state_dict(), "critic": critic.state_dict(), "opt_g": opt_g.state_dict(),
-                 "opt_c": opt_c.state_dict(), "epoch": epoch_done, "epoch_step": epoch_step, "step": step,
-                 "config": dataclasses.asdict(cfg), "classes": classes, "history": history,
-                 "fixed_noise": fixed_noise.cpu(), "running": running.cpu(), "rng_cpu": torch.get_rng_state(),
+        state = {"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
+                 "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "scalers": [s.state_dict() for s in scalers],
+                 "epoch": epoch_done, "epoch_step": epoch_step, "step": step, "config": dataclasses.asdict(cfg),
+                 "classes": classes, "history": history, "fixed_noise": fixed_noise.cpu(), "running": running.cpu(),
+                 "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
         with atomic(ckpt_path) as tmp:
             torch.save(state, tmp)
 
     with stop_requests() as stop:
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
-            t0, diverged = time.time(), False
+            t0, diverged, stopping = time.time(), False, False
             bar = tqdm(range(epoch_step0, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                       initial=epoch_step0, total=epoch_steps)
+                       initial=epoch_step0, total=epoch_steps, disable=rank != 0)
             for epoch_step in bar:
-                for _ in range(cfg.n_critic):
-                    real, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
-                    real, labels = real.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                    with torch.no_grad():
-                        fake = generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels)
-                    wdist = critic(real, labels).mean() - critic(fake, labels).mean()
-                    gp = gradient_penalty(critic, real, fake, labels)
-                    loss_c = -wdist + cfg.lambda_gp * gp
-                    opt_c.zero_grad(set_to_none=True)
-                    loss_c.backward()
-                    opt_c.step()
-                _, labels = data.crops(torch.randint(len(data), (cfg.batch_size,)))
-                labels = labels.to(device)
-                loss_g = -critic(generator(torch.randn(cfg.batch_size, cfg.latent_dim, device=device), labels),
-                                 labels).mean()
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                opt_g.step()
+                losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype)
                 step += 1
-                losses = torch.stack([loss_c, loss_g, wdist, gp]).detach()
                 running += losses
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses).all(), step, first_bad)
+                if world == 1:
+                    stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
                 if step % cfg.log_every == 0:
+                    if world > 1:  # one collective per log interval: mean losses; any rank's NaN or stop signal
+                        flags = torch.stack([first_bad.float(), torch.tensor(float(bool(stop)), device=device)])
+                        dist.all_reduce(running)
+                        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                        running /= world
+                        first_bad, stopping = flags[0].long(), bool(flags[1])
                     values, bad = (running / cfg.log_every).tolist(), first_bad.item()
                     running.zero_()
                     if bad >= 0:
@@ -794,33 +886,36 @@ def train(cfg):
                     for m, v in zip(METRICS, values):
                         history[m].append(v)
                     bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
-                if stop and epoch_step + 1 < epoch_steps:
-                    save_checkpoint(epoch - 1, epoch_step + 1)  # mid-epoch: resume continues this very step
+                if stopping and epoch_step + 1 < epoch_steps:
                     bar.close()
-                    print(f"Stopped by {stop[0]} at epoch {epoch}, step {step}; checkpoint saved to {ckpt_path}.\n"
-                          f"Resume with the same flags plus --resume.")
-                    return {"generator": generator, "critic": critic, "history": history, "classes": classes,
-                            "checkpoint": ckpt_path, "config": cfg, "interrupted": True}
+                    if rank == 0:
+                        save_checkpoint(epoch - 1, epoch_step + 1)  # mid-epoch: resume continues this very step
+                    print(f"Stopped by {stop[0] if stop else 'a signal'} at epoch {epoch}, step {step}; checkpoint "
+                          f"saved to {ckpt_path}.\nResume with the same flags plus --resume.")
+                    return {"generator": unwrap(generator), "critic": unwrap(critic), "history": history,
+                            "classes": classes, "checkpoint": ckpt_path, "config": cfg, "interrupted": True}
             epoch_step0 = 0
-
-            # End of epoch: samples from the fixed noise, plots, losses, then the checkpoint (last: it marks it done).
-            logmels = sample_logmels(generator, fixed_noise, sample_labels, cfg)
-            write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg,
-                          os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}"),
-                          os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png"),
-                          f"Epoch {epoch}")
-            if history["step"]:
-                plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
-                write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
-            save_checkpoint(epoch, 0)
+            if world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
+                for buffer in unwrap(generator).buffers():
+                    dist.broadcast(buffer, 0)
+            if rank == 0:  # end of epoch: fixed-noise samples, plots, losses, then the checkpoint that marks it done
+                logmels = sample_logmels(unwrap(generator), fixed_noise, sample_labels, cfg)
+                write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg,
+                              os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}"),
+                              os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png"),
+                              f"Epoch {epoch}")
+                if history["step"]:
+                    plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
+                    write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
+                save_checkpoint(epoch, 0)
             last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
             print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
-            if stop:
-                print(f"Stopped by {stop[0]} after epoch {epoch}; checkpoint saved to {ckpt_path}.\n"
-                      f"Resume with the same flags plus --resume.")
+            if stopping or (world == 1 and stop):
+                print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}; checkpoint saved to "
+                      f"{ckpt_path}.\nResume with the same flags plus --resume.")
                 break
-    return {"generator": generator, "critic": critic, "history": history, "classes": classes, "checkpoint": ckpt_path,
-            "config": cfg, "interrupted": bool(stop)}
+    return {"generator": unwrap(generator), "critic": unwrap(critic), "history": history, "classes": classes,
+            "checkpoint": ckpt_path, "config": cfg, "interrupted": bool(stop) or stopping}
 
 
 def generate(cfg):

@@ -269,5 +269,5 @@ def test_loader_on_arbitrary_lengths_rates_and_channels(tmp_path, n, rate, chann
     assert wav.dtype == np.float32 and wav.ndim == 1 and np.isfinite(wav).all()
     assert abs(len(wav) - n * 22050 / rate) <= 1
     assert abs(np.abs(wav).max() - 0.95) < 1e-5
-    mel = tag.MelSpectrogram(tag.Config())(torch.from_numpy(np.pad(wav, (0, max(0, 1024 - len(wav)))))[None])
+    mel = tag.MelSpectrogram(tag.Config())(torch.from_numpy(wav)[None])
     assert mel.shape[-1] >= 4 and torch.isfinite(mel).all()

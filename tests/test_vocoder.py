@@ -28,6 +28,14 @@ def test_hifigan_shapes():
     assert wav.shape == (2, 10 * 256) and wav.abs().max() <= 1
 
 
+def test_hifigan_v3_uses_jik876_parameter_names():
+    v3 = dict(resblock="2", upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=32,
+              resblock_kernel_sizes=[3, 5, 7], resblock_dilation_sizes=[[1, 2], [2, 6], [3, 12]])
+    model = tag.HiFiGAN(v3)
+    assert "resblocks.0.convs.1.weight" in model.state_dict()  # ResBlock2's list is "convs" in jik876's models.py
+    assert model(torch.randn(1, 80, 5)).shape == (1, 5 * 256)
+
+
 def fsdd_clip():
     files = sorted(glob.glob(os.path.join(FSDD, "test", "*", "*.wav")))
     if not files:
