@@ -7,6 +7,7 @@ generated mels -> HiFi-GAN -> wav files, plots, losses, checkpoints.
 """
 import argparse
 import contextlib
+import copy
 import csv
 import dataclasses
 import hashlib
@@ -57,6 +58,8 @@ class Config:
     embed_dim: int = arg(50, "size of the generator's label embedding")
     g_channels: int = arg(64, "generator width: its conv stack has 8x, 4x, 2x, 1x this many channels")
     d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels")
+    critic_cond: str = arg("concat", 'how the critic sees the label: "concat" (a learned plane) or "projection"')
+    ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off")
     # optimisation
     epochs: int = arg(100, "training epochs")
     epoch_steps: int = arg(0, "generator steps per epoch; 0 = one pass of critic batches over the data")
@@ -78,8 +81,13 @@ class Config:
                        'or "griffinlim"')
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory")
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
-    # generate mode
-    mode: str = arg("train", '"train", or "generate" (write samples from a checkpoint, no training)')
+    # evaluation: a classifier trained on the real clips scores the generated audio
+    eval_every: int = arg(0, "evaluate every this many epochs during training; 0 = never")
+    eval_path: str = arg("", "held-out real clips in the same class folders; default: every 10th training clip")
+    eval_samples: int = arg(20, "generated clips per class that are vocoded and scored")
+    eval_steps: int = arg(1000, "training steps of the evaluation classifier (trained once, then cached)")
+    # generate and evaluate modes
+    mode: str = arg("train", '"train", "generate" (samples from a checkpoint) or "evaluate" (score a checkpoint)')
     checkpoint: str = arg("", "checkpoint for generate mode; default out_dir/checkpoint.pt")
     n_generate: int = arg(4, "generate mode: wav files per class")
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
@@ -89,8 +97,8 @@ class Config:
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=10, epoch_steps=60)
 # Model and mel settings a checkpoint must share with the run that loads it.
 ARCH_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "n_frames", "scaling",
-             "latent_dim", "embed_dim", "g_channels", "d_channels")
-CHOICES = {"scaling": ("affine", "log1p"), "amp": ("auto", "bf16", "fp16", "off"), "mode": ("train", "generate")}
+             "latent_dim", "embed_dim", "g_channels", "d_channels", "critic_cond")
+CHOICES = {"scaling": ("affine", "log1p"), "critic_cond": ("concat", "projection"), "amp": ("auto", "bf16", "fp16", "off"), "mode": ("train", "generate", "evaluate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
@@ -131,7 +139,8 @@ def check_config(cfg):
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
             problems.append(f"{name}={getattr(cfg, name)!r} must be one of {', '.join(choices)}")
-    for name in ("batch_size", "n_critic", "epochs", "samples_per_class", "log_every", "vocoder_batch", "n_generate"):
+    for name in ("batch_size", "n_critic", "epochs", "samples_per_class", "log_every", "vocoder_batch", "n_generate",
+                 "eval_samples", "eval_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
     if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
@@ -291,7 +300,7 @@ class MelDataset:
         except Exception as e:  # a cache cut short by a full disk is only a cache: rebuild it
             print(f"Rebuilding unreadable mel cache {cache} ({type(e).__name__})")
             data = None
-        self.cache_hit = data is not None and data["key"] == key
+        self.key, self.cache_hit = key, data is not None and data["key"] == key
         if self.cache_hit:
             print(f"Mel cache hit: {cache}")
         else:
@@ -391,21 +400,26 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """(mel, label) -> mel and a learned per-class plane as 2 channels -> 4 strided Conv2d + LeakyReLU -> score (B,)."""
+    """(mel, label) -> 4 strided Conv2d + LeakyReLU -> score (B,). The label enters as a learned per-class plane
+    beside the mel ("concat"), or as an inner product with the pooled features ("projection", Miyato & Koyama 2018)."""
 
-    def __init__(self, n_classes, n_mels, n_frames, channels=64):
+    def __init__(self, n_classes, n_mels, n_frames, channels=64, conditioning="concat"):
         super().__init__()
-        self.mel_shape = (n_mels, n_frames)
-        self.embed = nn.Embedding(n_classes, n_mels * n_frames)
-        layers, c_in = [], 2
+        self.mel_shape, self.projection = (n_mels, n_frames), conditioning == "projection"
+        layers, c_in = [], 1 if self.projection else 2
         for c_out in (channels, channels * 2, channels * 4, channels * 8):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm: it breaks the GP
             c_in = c_out
-        self.net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in * (n_mels // 16) * (n_frames // 16), 1))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(c_in * (n_mels // 16) * (n_frames // 16), 1)
+        self.embed = nn.Embedding(n_classes, c_in if self.projection else n_mels * n_frames)
 
     def forward(self, mel, labels):
-        plane = self.embed(labels).view(-1, 1, *self.mel_shape)
-        return self.net(torch.cat([mel, plane], 1)).squeeze(1)
+        if not self.projection:
+            mel = torch.cat([mel, self.embed(labels).view(-1, 1, *self.mel_shape)], 1)
+        h = self.features(mel)  # (B, 8 * channels, n_mels / 16, n_frames / 16)
+        score = self.fc(h.flatten(1)).squeeze(1)
+        return score + (self.embed(labels) * h.sum((2, 3))).sum(1) if self.projection else score
 
 
 def gradient_penalty(critic, real, fake, labels):
@@ -420,7 +434,16 @@ def gradient_penalty(critic, real, fake, labels):
 def build_models(cfg, n_classes):
     generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
                           "tanh" if cfg.scaling == "affine" else "relu")
-    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels)
+    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond)
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model; BatchNorm statistics are copied as they are."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p, 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
 
 
 # ---------------------------------------------------------------- vocoder: HiFi-GAN (jik876 V1/V2/V3), Griffin-Lim
@@ -652,6 +675,147 @@ def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, ti
     plot_mels(grid, [classes[y] for y in rows.tolist()], plot_path, cfg, title)
 
 
+# ---------------------------------------------------------------- evaluation: a real-data classifier scores what you hear
+
+class Classifier(nn.Module):
+    """A small log-mel CNN for the real classes; its 128-d penultimate layer embeds clips for the Frechet distance."""
+
+    def __init__(self, n_classes, n_mels, width=16):
+        super().__init__()
+        layers, c_in = [], 1
+        for c_out in (width, width * 2, width * 4):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.convs = nn.Sequential(*layers)
+        # Pooled over time only: which frequencies sound matters for a class, when it happens less.
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(c_in * (n_mels // 8), 128), nn.ReLU())
+        self.head = nn.Linear(128, n_classes)
+
+    def forward(self, logmel):  # (B, n_mels, T) HiFi-GAN log-mel -> (logits, embeddings)
+        e = self.embed(self.convs(to_gan(logmel, "affine").unsqueeze(1)).mean(-1))
+        return self.head(e), e
+
+
+def frechet_distance(a, b):
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two sets of embeddings (N, D), in float64."""
+    a, b = a.double(), b.double()
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+    covmean = torch.linalg.eigvals(sa @ sb).real.clamp(min=0).sqrt().sum()  # Tr sqrt(A) = sum sqrt(eig(A))
+    return ((a.mean(0) - b.mean(0)) ** 2).sum().item() + (sa.trace() + sb.trace() - 2 * covmean).item()
+
+
+def scores(logits, emb, labels, n_classes):
+    """Accuracy, per-class accuracy, Inception Score and within-class diversity of one set of clips."""
+    p = logits.softmax(1)
+    right = (p.argmax(1) == labels).float()
+    per_class = [right[labels == c].mean().item() for c in range(n_classes)]
+    inception = torch.exp((p * (p.clamp(min=1e-12).log() - p.mean(0).clamp(min=1e-12).log())).sum(1).mean()).item()
+    diversity = [torch.pdist(emb[labels == c]).mean().item() for c in range(n_classes) if (labels == c).sum() > 1]
+    return {"accuracy": right.mean().item(), "per_class": per_class, "inception_score": inception,
+            "diversity": sum(diversity) / max(1, len(diversity))}
+
+
+class Evaluator:
+    """Trains (or loads) the classifier on real training clips and scores generated audio against real held-out clips.
+
+    The generated clips are vocoded and re-analysed, so the score is of the audio a user hears, not of raw mels."""
+
+    def __init__(self, cfg, data, device):
+        self.cfg, self.device, self.classes = cfg, device, data.classes
+        if cfg.eval_path:
+            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), device)
+            if held.classes != data.classes:
+                raise SystemExit(f"eval_path classes {held.classes} differ from the training classes {data.classes}.")
+            train_idx, held_data, held_idx = torch.arange(len(data)), held, torch.arange(len(held))
+        else:  # every 10th clip held out from the classifier (the GAN still sees it)
+            train_idx, held_data = torch.arange(len(data))[torch.arange(len(data)) % 10 != 0], data
+            held_idx = torch.arange(len(data))[::10]
+        self.mel = MelSpectrogram(cfg).to(device)
+        self.model = Classifier(len(self.classes), cfg.n_mels).to(device)
+        cache = os.path.join(cfg.out_dir, "mel_cache", f"classifier-{data.key[:12]}-{held_data.key[:8]}.pt")
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's RNG untouched
+            torch.manual_seed(0)
+            if os.path.exists(cache):
+                self.model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
+            else:
+                self.fit(data, train_idx)
+                with atomic(cache) as tmp:
+                    torch.save(self.model.state_dict(), tmp)
+            self.model.eval()
+            real_train = self.classify(self.real(data, train_idx[::max(1, len(train_idx) // 2000)]))
+            self.held_labels = held_data.labels[held_idx].to(device)
+            self.held = self.classify(self.real(held_data, held_idx))
+        self.reference = {**scores(*self.held, self.held_labels, len(self.classes)),
+                          "frechet": frechet_distance(real_train[1], self.held[1])}  # the floor a GAN can reach
+
+    def real(self, data, idx):
+        """Real clips as HiFi-GAN log-mel (N, n_mels, n_frames), one crop each."""
+        return from_gan(data.crops(idx.to(data.labels_d.device))[0], self.cfg.scaling).squeeze(1).to(self.device)
+
+    def fit(self, data, idx, batch=64):
+        opt = torch.optim.Adam(self.model.parameters(), 1e-3)
+        for _ in tqdm(range(self.cfg.eval_steps), desc="Training the evaluation classifier", leave=False):
+            pick = idx[torch.randint(len(idx), (batch,))]
+            x, y = data.crops(pick.to(data.labels_d.device))
+            logits, _ = self.model(from_gan(x, self.cfg.scaling).squeeze(1).to(self.device))
+            loss = F.cross_entropy(logits, y.to(self.device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    @torch.no_grad()
+    def classify(self, logmel, chunk=256):
+        out = [self.model(m) for m in logmel.split(chunk)]
+        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+    def score(self, logmel, labels, vocoder):
+        """Metrics of generated log-mels (N, n_mels, T) whose intended classes are labels (N,); vocoder None = G-L."""
+        heard = self.mel(vocode(logmel, vocoder, self.cfg).to(self.device))[..., :logmel.shape[-1]]
+        logits, emb = self.classify(heard)
+        return {**scores(logits, emb, labels.to(self.device), len(self.classes)),
+                "frechet": frechet_distance(emb, self.held[1])}
+
+    def evaluate(self, generator, vocoder, epoch):
+        """Score eval_samples clips per class from generator; append them to eval_metrics.csv and redraw the plot."""
+        labels = torch.arange(len(self.classes)).repeat_interleave(self.cfg.eval_samples).to(self.device)
+        noise = torch.randn(len(labels), self.cfg.latent_dim,
+                            generator=torch.Generator().manual_seed(self.cfg.seed + 1)).to(self.device)
+        m = self.score(sample_logmels(generator, noise, labels, self.cfg), labels, vocoder)
+        ref = self.reference
+        print(f"eval epoch {epoch}: accuracy {m['accuracy']:.3f} (real held-out {ref['accuracy']:.3f}), "
+              f"IS {m['inception_score']:.2f} (real {ref['inception_score']:.2f}), Frechet {m['frechet']:.2f} "
+              f"(real floor {ref['frechet']:.2f}), within-class diversity {m['diversity']:.2f} "
+              f"(real {ref['diversity']:.2f})")
+        row = {"epoch": epoch, **{k: round(m[k], 4) for k in EVAL_METRICS},
+               **{f"real_{k}": round(ref[k], 4) for k in EVAL_METRICS},
+               **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes, m["per_class"])}}
+        path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
+        rows = list(csv.DictReader(open(path))) if os.path.exists(path) else []
+        rows = [r for r in rows if int(r["epoch"]) != epoch] + [row]
+        with atomic(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            w.writeheader()
+            w.writerows(rows)
+        plot_eval(rows, os.path.join(self.cfg.out_dir, "gan_eval_plot.png"))
+        return m
+
+
+EVAL_METRICS = ("accuracy", "inception_score", "frechet", "diversity")
+
+
+def plot_eval(rows, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(11, 6), layout="constrained")
+    epochs = [int(r["epoch"]) for r in rows]
+    for ax, name in zip(fig.subplots(2, 2).flat, EVAL_METRICS):
+        ax.plot(epochs, [float(r[name]) for r in rows], "o-", label="generated")
+        ax.axhline(float(rows[-1][f"real_{name}"]), color="gray", ls="--", label="real held-out")
+        ax.set(title=name, xlabel="epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
 # ---------------------------------------------------------------- training
 
 def check_writable(out_dir):
@@ -796,6 +960,7 @@ def fit(cfg, rank, world, device):
                          f"{len(data) // world} or less, or add data.")
     data.shard = data.shard[rank::world]
     generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
+    generator_ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema else None  # what samples come from
     fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
     opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
     opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
@@ -815,6 +980,8 @@ def fit(cfg, rank, world, device):
         ckpt = load_checkpoint(ckpt_path, cfg, classes)
         generator.load_state_dict(ckpt["generator"])
         critic.load_state_dict(ckpt["critic"])
+        if generator_ema is not None:
+            generator_ema.load_state_dict(ckpt.get("generator_ema") or ckpt["generator"])
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_c.load_state_dict(ckpt["opt_c"])
         for scaler, state in zip(scalers, ckpt["scalers"]):
@@ -840,9 +1007,11 @@ def fit(cfg, rank, world, device):
     fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
     epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic * world))
     first_bad = torch.tensor(-1, device=device)  # first step with a non-finite loss, tracked without a host sync
+    evaluator = None  # built at the first evaluation: it trains a classifier once
 
     def save_checkpoint(epoch_done, epoch_step):
         state = {"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
+                 "generator_ema": generator_ema.state_dict() if generator_ema is not None else {},
                  "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "scalers": [s.state_dict() for s in scalers],
                  "epoch": epoch_done, "epoch_step": epoch_step, "step": step, "config": dataclasses.asdict(cfg),
                  "classes": classes, "history": history, "fixed_noise": fixed_noise.cpu(), "running": running.cpu(),
@@ -858,6 +1027,8 @@ def fit(cfg, rank, world, device):
                        initial=epoch_step0, total=epoch_steps, disable=rank != 0)
             for epoch_step in bar:
                 losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype)
+                if generator_ema is not None:
+                    ema_update(generator_ema, unwrap(generator), cfg.ema)
                 step += 1
                 running += losses
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses).all(), step, first_bad)
@@ -896,10 +1067,12 @@ def fit(cfg, rank, world, device):
                             "classes": classes, "checkpoint": ckpt_path, "config": cfg, "interrupted": True}
             epoch_step0 = 0
             if world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
-                for buffer in unwrap(generator).buffers():
-                    dist.broadcast(buffer, 0)
+                for model in filter(None, (unwrap(generator), generator_ema)):
+                    for buffer in model.buffers():
+                        dist.broadcast(buffer, 0)
             if rank == 0:  # end of epoch: fixed-noise samples, plots, losses, then the checkpoint that marks it done
-                logmels = sample_logmels(unwrap(generator), fixed_noise, sample_labels, cfg)
+                sampler = generator_ema if generator_ema is not None else unwrap(generator)
+                logmels = sample_logmels(sampler, fixed_noise, sample_labels, cfg)
                 write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg,
                               os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}"),
                               os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png"),
@@ -907,6 +1080,9 @@ def fit(cfg, rank, world, device):
                 if history["step"]:
                     plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
                     write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
+                if cfg.eval_every and epoch % cfg.eval_every == 0:
+                    evaluator = evaluator or Evaluator(cfg, data, device)
+                    evaluator.evaluate(sampler, vocoder, epoch)
                 save_checkpoint(epoch, 0)
             last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
             print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
@@ -914,8 +1090,9 @@ def fit(cfg, rank, world, device):
                 print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}; checkpoint saved to "
                       f"{ckpt_path}.\nResume with the same flags plus --resume.")
                 break
-    return {"generator": unwrap(generator), "critic": unwrap(critic), "history": history, "classes": classes,
-            "checkpoint": ckpt_path, "config": cfg, "interrupted": bool(stop) or stopping}
+    return {"generator": unwrap(generator), "critic": unwrap(critic), "generator_ema": generator_ema,
+            "history": history, "classes": classes, "checkpoint": ckpt_path, "config": cfg,
+            "interrupted": bool(stop) or stopping}
 
 
 def generate(cfg):
@@ -928,7 +1105,7 @@ def generate(cfg):
     if cfg.generate_class and cfg.generate_class not in classes:
         raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
     generator, _ = build_models(saved, len(classes))
-    generator.load_state_dict(ckpt["generator"])
+    generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights when there are any
     generator.to(device)
     chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
     labels = torch.tensor(chosen).repeat_interleave(cfg.n_generate).to(device)
@@ -941,10 +1118,25 @@ def generate(cfg):
     return wav_dir
 
 
+def evaluate(cfg):
+    """Score a checkpoint's generator (see Evaluator); the classifier trains on the checkpoint's dataset."""
+    check_config(cfg)
+    device = pick_device(cfg.device)
+    ckpt = load_checkpoint(cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt"))
+    saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS},
+                                base_path=ckpt["config"]["base_path"] if cfg.base_path == "demo" else cfg.base_path)
+    data = MelDataset(saved, device)
+    if data.classes != ckpt["classes"]:
+        raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
+    generator, _ = build_models(saved, len(data.classes))
+    generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
+    return Evaluator(saved, data, device).evaluate(generator.to(device), load_vocoder(saved, device), ckpt["epoch"])
+
+
 def main(argv=None):
     cfg = parse_config(argv)
     try:
-        return generate(cfg) if cfg.mode == "generate" else train(cfg)
+        return {"generate": generate, "evaluate": evaluate}.get(cfg.mode, train)(cfg)
     except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
         raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. Checkpoints are "
                          f"written atomically, so {os.path.join(cfg.out_dir, 'checkpoint.pt')} (if any) is intact; "
