@@ -1038,6 +1038,7 @@ def train(cfg):
 
 
 def fit(cfg, rank, world, device):
+    """The training loop of one process; train() sets up the processes around it."""
     if rank == 0:
         check_writable(cfg.out_dir)
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
@@ -1117,6 +1118,11 @@ def fit(cfg, rank, world, device):
         with atomic(ckpt_path) as tmp:
             torch.save(state, tmp)
 
+    def result(interrupted):
+        return {"generator": unwrap(generator), "critic": unwrap(critic), "generator_ema": generator_ema,
+                "history": history, "classes": classes, "checkpoint": ckpt_path, "config": cfg,
+                "interrupted": interrupted}
+
     with stop_requests() as stop:
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
             t0, diverged, stopping = time.time(), False, False
@@ -1160,8 +1166,7 @@ def fit(cfg, rank, world, device):
                         save_checkpoint(epoch - 1, epoch_step + 1)  # mid-epoch: resume continues this very step
                     print(f"Stopped by {stop[0] if stop else 'a signal'} at epoch {epoch}, step {step}; checkpoint "
                           f"saved to {ckpt_path}.\nResume with the same flags plus --resume.")
-                    return {"generator": unwrap(generator), "critic": unwrap(critic), "history": history,
-                            "classes": classes, "checkpoint": ckpt_path, "config": cfg, "interrupted": True}
+                    return result(interrupted=True)
             epoch_step0 = 0
             if world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
                 for model in filter(None, (unwrap(generator), generator_ema)):
@@ -1189,9 +1194,7 @@ def fit(cfg, rank, world, device):
                 print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}; checkpoint saved to "
                       f"{ckpt_path}.\nResume with the same flags plus --resume.")
                 break
-    return {"generator": unwrap(generator), "critic": unwrap(critic), "generator_ema": generator_ema,
-            "history": history, "classes": classes, "checkpoint": ckpt_path, "config": cfg,
-            "interrupted": bool(stop) or stopping}
+    return result(interrupted=bool(stop) or stopping)
 
 
 def generate(cfg):

@@ -110,3 +110,9 @@ def test_cli_run_and_missing_dataset(tiny_dataset, tmp_path):
                               str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert missing.returncode != 0
     assert "nope" in missing.stderr and "<class_name>" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_readme_documents_every_flag():
+    readme = open(os.path.join(os.path.dirname(SCRIPT), "README.md")).read()
+    missing = [name for name in tag.Config.__dataclass_fields__ if f"`--{name}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
