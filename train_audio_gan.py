@@ -829,7 +829,8 @@ class Evaluator:
             held_idx = torch.arange(len(data))[::10]
         self.mel = MelSpectrogram(cfg).to(device)
         self.model = Classifier(len(self.classes), cfg.n_mels).to(device)
-        cache = os.path.join(cfg.out_dir, "mel_cache", f"classifier-{data.key[:12]}-{held_data.key[:8]}.pt")
+        cache = os.path.join(cfg.out_dir, "mel_cache", f"classifier-{data.key[:12]}-{held_data.key[:8]}-"
+                             f"{cfg.n_frames}x{cfg.eval_steps}.pt")
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's RNG untouched
             torch.manual_seed(0)
             if os.path.exists(cache):
@@ -839,7 +840,9 @@ class Evaluator:
                 with atomic(cache) as tmp:
                     torch.save(self.model.state_dict(), tmp)
             self.model.eval()
-            real_train = self.classify(self.real(data, train_idx[::max(1, len(train_idx) // 2000)]))
+            # The floor from as many real clips per class as are generated: the distance shrinks with sample size.
+            per_class = [train_idx[data.labels[train_idx] == c][:cfg.eval_samples] for c in range(len(self.classes))]
+            real_train = self.classify(self.real(data, torch.cat(per_class)))
             self.held_labels = held_data.labels[held_idx].to(device)
             self.held = self.classify(self.real(held_data, held_idx))
         self.reference = {**scores(*self.held, self.held_labels, len(self.classes)),
@@ -1130,8 +1133,8 @@ def fit(cfg, rank, world, device):
                        initial=epoch_step0, total=epoch_steps, disable=rank != 0)
             for epoch_step in bar:
                 losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype)
-                if generator_ema is not None:
-                    ema_update(generator_ema, unwrap(generator), cfg.ema)
+                if generator_ema is not None:  # warm-up: early on, the average must not remember the random start
+                    ema_update(generator_ema, unwrap(generator), min(cfg.ema, (1 + step) / (10 + step)))
                 step += 1
                 running += losses
                 first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses).all(), step, first_bad)
