@@ -11,6 +11,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import datetime
 import hashlib
 import html
 import importlib.util
@@ -92,7 +93,7 @@ class Config:
     eval_steps: int = arg(1000, "training steps of the evaluation classifier (trained once, then cached)")
     # generate and evaluate modes
     mode: str = arg("train", '"train", "generate" (samples from a checkpoint) or "evaluate" (score a checkpoint)')
-    checkpoint: str = arg("", "checkpoint for generate mode; default out_dir/checkpoint.pt")
+    checkpoint: str = arg("", "checkpoint for generate and evaluate modes; default out_dir/checkpoint.pt")
     n_generate: int = arg(4, "generate mode: wav files per class")
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
 
@@ -104,8 +105,10 @@ ARCH_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin
              "latent_dim", "embed_dim", "g_channels", "d_channels", "critic_cond")
 CHOICES = {"scaling": ("affine", "log1p"), "critic_cond": ("concat", "projection"), "amp": ("auto", "bf16", "fp16", "off"), "mode": ("train", "generate", "evaluate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
+EVAL_METRICS = ("accuracy", "inception_score", "frechet", "diversity")
 
 
 def str2bool(s):
@@ -126,7 +129,10 @@ def parse_config(argv=None):
         extra = dict(nargs="?", const=True) if kind is str2bool else {}
         parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})",
                             **extra)
-    args, _unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    typos = [a for a in unknown if a.startswith("--")]
+    if typos and not (argv is None and "ipykernel" in sys.modules):  # a kernel's own argv is not ours to judge
+        parser.error(f"unknown flag(s) {' '.join(typos)}; see --help")
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = Config(**given)
     if cfg.base_path == "demo":
@@ -147,6 +153,11 @@ def check_config(cfg):
                  "eval_samples", "eval_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
+    for name in ("epoch_steps", "eval_every"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{name}={getattr(cfg, name)} must be 0 or more")
+    if not 0 <= cfg.ema < 1:
+        problems.append(f"ema={cfg.ema} must be in [0, 1): 0 turns the average off, 1 would never move")
     if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
         problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
     if problems:
@@ -329,6 +340,10 @@ class MelDataset:
         self.lengths_d, self.labels_d = self.lengths.to(device), self.labels.to(device)
         self.shard = torch.arange(len(self.labels), device=device)  # under DDP each rank keeps every world-th clip
         self.n_frames, self.floor = cfg.n_frames, to_gan(torch.tensor(LOG_FLOOR), cfg.scaling).item()
+        median = int(self.lengths.median()) if len(self.lengths) else 0
+        if median < cfg.n_frames // 2:
+            print(f"Note: the median clip has {median} frames but n_frames={cfg.n_frames}: most of every example is "
+                  f"silence. A smaller --n_frames (a multiple of 16) trains faster and better.")
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
             f"{c} ({n})" for c, n in zip(self.classes, counts)))
@@ -900,8 +915,6 @@ class Evaluator:
         return m
 
 
-EVAL_METRICS = ("accuracy", "inception_score", "frechet", "diversity")
-
 
 def plot_eval(rows, path):
     from matplotlib.figure import Figure
@@ -977,8 +990,8 @@ def setup_distributed(cfg):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # rank 0 alone builds the mel cache and the evaluator: far longer than 10 minutes
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
     return dist.get_rank(), dist.get_world_size(), device
 
 
@@ -1046,6 +1059,7 @@ def fit(cfg, rank, world, device):
         check_writable(cfg.out_dir)
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
     if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
         torch.use_deterministic_algorithms(True)
     else:
         torch.backends.cudnn.benchmark = True
@@ -1054,6 +1068,7 @@ def fit(cfg, rank, world, device):
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
         data = MelDataset(cfg, device)
+        evaluator = Evaluator(cfg, data, device) if cfg.eval_every and rank == 0 else None  # trains its classifier
     classes = data.classes
     if cfg.batch_size > len(data) // world:
         raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
@@ -1061,7 +1076,7 @@ def fit(cfg, rank, world, device):
                          f"{len(data) // world} or less, or add data.")
     data.shard = data.shard[rank::world]
     generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
-    generator_ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema else None  # what samples come from
+    generator_ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None  # for samples
     fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
     opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
     opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
@@ -1091,8 +1106,8 @@ def fit(cfg, rank, world, device):
         epoch0, epoch_step0, step, history = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["history"]
         fixed_noise, running = ckpt["fixed_noise"], ckpt["running"].to(device)
         torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and ckpt["rng_cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
         if world > 1:
             torch.manual_seed(cfg.seed + rank + step)  # one saved RNG state cannot serve every rank
         print(f"Resumed from {ckpt_path} at epoch {epoch0}, step {step}")
@@ -1107,8 +1122,20 @@ def fit(cfg, rank, world, device):
     vocoder = load_vocoder(cfg, device) if rank == 0 else None
     fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
     epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic * world))
-    first_bad = torch.tensor(-1, device=device)  # first step with a non-finite loss, tracked without a host sync
-    evaluator, view = None, None  # the evaluator trains a classifier once; view is the notebook output to replace
+    first_bad = torch.tensor(NEVER, device=device)  # first step with a non-finite loss, tracked without a host sync
+
+    def check_finite(values=None):
+        """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
+        bad = first_bad.clone()
+        if world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        if bad.item() != NEVER:
+            raise SystemExit(f"Non-finite loss at step {bad.item()}"
+                             + (f" (averages of the last {cfg.log_every} steps: {dict(zip(METRICS, values))})"
+                                if values else "") + f". Training stopped; the last good checkpoint, {ckpt_path}, "
+                             f"is untouched. Try a lower --lr or a higher --lambda_gp.")
+    view = None  # the notebook output that each epoch's samples replace
+    resume_hint = f"Checkpoint saved to {ckpt_path}.\nResume with the same flags plus --resume."
 
     def save_checkpoint(epoch_done, epoch_step):
         state = {"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
@@ -1117,7 +1144,7 @@ def fit(cfg, rank, world, device):
                  "epoch": epoch_done, "epoch_step": epoch_step, "step": step, "config": dataclasses.asdict(cfg),
                  "classes": classes, "history": history, "fixed_noise": fixed_noise.cpu(), "running": running.cpu(),
                  "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []}
+                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}
         with atomic(ckpt_path) as tmp:
             torch.save(state, tmp)
 
@@ -1137,22 +1164,19 @@ def fit(cfg, rank, world, device):
                     ema_update(generator_ema, unwrap(generator), min(cfg.ema, (1 + step) / (10 + step)))
                 step += 1
                 running += losses
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses).all(), step, first_bad)
+                first_bad = torch.where(~torch.isfinite(losses).all(), torch.clamp(first_bad, max=step), first_bad)
                 if world == 1:
                     stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
                 if step % cfg.log_every == 0:
-                    if world > 1:  # one collective per log interval: mean losses; any rank's NaN or stop signal
-                        flags = torch.stack([first_bad.float(), torch.tensor(float(bool(stop)), device=device)])
+                    if world > 1:  # collectives at log intervals only: mean losses, and whether any rank must stop
+                        stop_any = torch.tensor(float(bool(stop)), device=device)
                         dist.all_reduce(running)
-                        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                        dist.all_reduce(stop_any, op=dist.ReduceOp.MAX)
                         running /= world
-                        first_bad, stopping = flags[0].long(), bool(flags[1])
-                    values, bad = (running / cfg.log_every).tolist(), first_bad.item()
+                        stopping = bool(stop_any)
+                    values = (running / cfg.log_every).tolist()
                     running.zero_()
-                    if bad >= 0:
-                        raise SystemExit(f"Non-finite loss at step {bad} (averages of the last {cfg.log_every} steps: "
-                                         f"{dict(zip(METRICS, values))}). Training stopped; the last good checkpoint, "
-                                         f"{ckpt_path}, is untouched. Try a lower --lr or a higher --lambda_gp.")
+                    check_finite(values)
                     if abs(values[2]) > cfg.max_wdist and not diverged:
                         diverged = True  # reported once an epoch, and the run goes on: the user decides
                         tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {values[2]:.3g} at step "
@@ -1165,16 +1189,16 @@ def fit(cfg, rank, world, device):
                     bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
                 if stopping and epoch_step + 1 < epoch_steps:
                     bar.close()
+                    check_finite()
                     if rank == 0:
                         save_checkpoint(epoch - 1, epoch_step + 1)  # mid-epoch: resume continues this very step
-                    print(f"Stopped by {stop[0] if stop else 'a signal'} at epoch {epoch}, step {step}; checkpoint "
-                          f"saved to {ckpt_path}.\nResume with the same flags plus --resume.")
+                    print(f"Stopped by {stop[0] if stop else 'a signal'} at epoch {epoch}, step {step}. {resume_hint}")
                     return result(interrupted=True)
             epoch_step0 = 0
+            check_finite()  # one host sync an epoch: never write a checkpoint of NaN weights
             if world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
-                for model in filter(None, (unwrap(generator), generator_ema)):
-                    for buffer in model.buffers():
-                        dist.broadcast(buffer, 0)
+                for buffer in unwrap(generator).buffers():
+                    dist.broadcast(buffer, 0)
             if rank == 0:  # end of epoch: fixed-noise samples, plots, losses, then the checkpoint that marks it done
                 sampler = generator_ema if generator_ema is not None else unwrap(generator)
                 logmels = sample_logmels(sampler, fixed_noise, sample_labels, cfg)
@@ -1184,8 +1208,7 @@ def fit(cfg, rank, world, device):
                 if history["step"]:
                     plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
                     write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
-                if cfg.eval_every and epoch % cfg.eval_every == 0:
-                    evaluator = evaluator or Evaluator(cfg, data, device)
+                if evaluator is not None and epoch % cfg.eval_every == 0:
                     evaluator.evaluate(sampler, vocoder, epoch)
                 write_gallery(cfg, classes)
                 view = show_in_notebook(view, grid_png, [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes],
@@ -1194,24 +1217,28 @@ def fit(cfg, rank, world, device):
             last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
             print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
             if stopping or (world == 1 and stop):
-                print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}; checkpoint saved to "
-                      f"{ckpt_path}.\nResume with the same flags plus --resume.")
+                print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}. {resume_hint}")
                 break
     return result(interrupted=bool(stop) or stopping)
 
 
-def generate(cfg):
-    """Write n_generate wavs per class (or for generate_class) and a spectrogram plot from a checkpoint."""
+def load_generator(cfg):
+    """(generator, checkpoint, cfg with the checkpoint's model sizes, device) for generate and evaluate modes."""
     check_config(cfg)
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt"))
     saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
+    generator, _ = build_models(saved, len(ckpt["classes"]))
+    generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights when there are any
+    return generator.to(device), ckpt, saved, device
+
+
+def generate(cfg):
+    """Write n_generate wavs per class (or for generate_class) and a spectrogram plot from a checkpoint."""
+    generator, ckpt, saved, device = load_generator(cfg)
     classes = ckpt["classes"]
     if cfg.generate_class and cfg.generate_class not in classes:
         raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
-    generator, _ = build_models(saved, len(classes))
-    generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights when there are any
-    generator.to(device)
     chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
     labels = torch.tensor(chosen).repeat_interleave(cfg.n_generate).to(device)
     noise = torch.randn(len(labels), saved.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
@@ -1225,17 +1252,13 @@ def generate(cfg):
 
 def evaluate(cfg):
     """Score a checkpoint's generator (see Evaluator); the classifier trains on the checkpoint's dataset."""
-    check_config(cfg)
-    device = pick_device(cfg.device)
-    ckpt = load_checkpoint(cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt"))
-    saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS},
-                                base_path=ckpt["config"]["base_path"] if cfg.base_path == "demo" else cfg.base_path)
+    generator, ckpt, saved, device = load_generator(cfg)
+    if cfg.base_path == "demo":
+        saved = dataclasses.replace(saved, base_path=ckpt["config"]["base_path"])
     data = MelDataset(saved, device)
     if data.classes != ckpt["classes"]:
         raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
-    generator, _ = build_models(saved, len(data.classes))
-    generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
-    return Evaluator(saved, data, device).evaluate(generator.to(device), load_vocoder(saved, device), ckpt["epoch"])
+    return Evaluator(saved, data, device).evaluate(generator, load_vocoder(saved, device), ckpt["epoch"])
 
 
 def main(argv=None):

@@ -53,7 +53,7 @@ def test_classifier_scores_real_high_and_noise_at_chance(easy_classes, tmp_path)
     assert real["frechet"] < noise["frechet"] / 5
 
 
-def test_eval_every_writes_metrics_and_evaluate_mode(easy_classes, tmp_path):
+def test_eval_every_writes_metrics_and_evaluate_mode(easy_classes, tmp_path, monkeypatch):
     out = tmp_path / "run"
     tag.train(tiny_config(easy_classes, out, epochs=2, eval_every=1, eval_samples=4, eval_steps=50))
     rows = list(csv.DictReader(open(out / "eval_metrics.csv")))
@@ -62,7 +62,8 @@ def test_eval_every_writes_metrics_and_evaluate_mode(easy_classes, tmp_path):
             "accuracy/low"} <= set(rows[0])
     assert (out / "gan_eval_plot.png").stat().st_size > 1000
     assert os.path.exists(out / "checkpoint.pt")
+    monkeypatch.setattr(tag.Evaluator, "fit", lambda *a, **k: pytest.fail("the cached classifier must be reused"))
     m = tag.evaluate(tag.Config(mode="evaluate", out_dir=str(out), eval_samples=4, eval_steps=50,
-                                vocoder="griffinlim", device="cpu"))  # classifier reloaded from the cache
+                                vocoder="griffinlim", device="cpu"))
     assert 0 <= m["accuracy"] <= 1 and len(m["per_class"]) == 3
     assert len(list(csv.DictReader(open(out / "eval_metrics.csv")))) == 2  # epoch 2 rescored, not duplicated

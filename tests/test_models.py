@@ -65,6 +65,13 @@ def test_gradient_penalty_exact_on_linear_critic():
     assert torch.allclose(critic.w.grad, 2 * (critic.w.norm() - 1) * critic.w / critic.w.norm(), rtol=1e-4)
 
 
+def test_gradient_penalty_draws_one_eps_per_sample(monkeypatch):
+    shapes, rand = [], torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: shapes.append(size) or rand(*size, **kw))
+    tag.gradient_penalty(LinearCritic((1, 4, 4)), torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4), None)
+    assert shapes == [(6, 1, 1, 1)]  # not one eps for the whole batch, not one per element
+
+
 def test_gradient_penalty_interpolates_with_fresh_eps():
     # A critic that is quadratic in x has an input gradient that depends on where it is evaluated, so the penalty
     # changes with eps: two calls from different RNG states give different values.

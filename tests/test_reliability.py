@@ -134,14 +134,15 @@ def test_checkpoint_of_other_classes_or_garbage_is_refused(tmp_path, tiny_datase
         tag.generate(tag.Config(mode="generate", out_dir=str(tmp_path / "a"), vocoder="griffinlim"))
 
 
-def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset, monkeypatch):
-    cfg = tiny_config(tiny_dataset, tmp_path / "run", epochs=3, epoch_steps=4, n_critic=1, log_every=3)
+@pytest.mark.parametrize("poisoned", [6, 7])  # 6 is read at a log interval; 7 is followed by epoch 2's checkpoint
+def test_nan_loss_stops_at_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tiny_dataset, monkeypatch, poisoned):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", epochs=3, epoch_steps=4, n_critic=1, log_every=3, ema=0.0)
     calls, real_gp = [], tag.gradient_penalty
-    # one gradient-penalty call per step (n_critic=1): poison step 6, inside epoch 2
+    # one gradient-penalty call per step (n_critic=1): poison one step inside epoch 2
     monkeypatch.setattr(tag, "gradient_penalty", lambda *a: calls.append(1) or (
-        real_gp(*a) * float("nan") if len(calls) == 6 else real_gp(*a)))
+        real_gp(*a) * float("nan") if len(calls) == poisoned else real_gp(*a)))
     ckpt = tmp_path / "run" / "checkpoint.pt"
-    with pytest.raises(SystemExit, match=r"Non-finite loss at step 6 .*checkpoint.*untouched") as err:
+    with pytest.raises(SystemExit, match=rf"Non-finite loss at step {poisoned}\b.*checkpoint.*untouched") as err:
         tag.train(cfg)
     assert str(ckpt) in str(err.value)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # epoch 1's checkpoint, not overwritten

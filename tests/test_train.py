@@ -90,6 +90,10 @@ def test_parse_config_flags_notebook_argv_and_booleans():
     assert cfg.n_frames == 128 and cfg.batch_size == tag.DEMO_PRESET["batch_size"]
     with pytest.raises(SystemExit):
         tag.parse_config(["--resume", "maybe"])
+    with pytest.raises(SystemExit):
+        tag.parse_config(["--epoch", "5"])  # a typo of --epochs must not silently train for 100 epochs
+    with pytest.raises(SystemExit, match="ema=1"):
+        tag.check_config(tag.Config(ema=1.0))
 
 
 def test_cli_help_lists_every_field():
