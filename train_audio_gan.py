@@ -12,6 +12,7 @@ import copy
 import csv
 import dataclasses
 import datetime
+import gc
 import hashlib
 import html
 import importlib.util
@@ -1047,7 +1048,11 @@ def train(cfg):
     rank, world, device = setup_distributed(cfg)
     try:
         with contextlib.redirect_stdout(open(os.devnull, "w")) if rank else contextlib.nullcontext():
-            return fit(cfg, rank, world, device)  # only rank 0 prints and writes
+            result = fit(cfg, rank, world, device)  # only rank 0 prints and writes
+        if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
+            gc.collect()
+            dist.barrier()
+        return result
     finally:
         if world > 1:
             dist.destroy_process_group()

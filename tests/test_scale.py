@@ -55,6 +55,8 @@ result = tag.train(cfg)
 # test-side only: every rank records its final weights so the test can compare them
 torch.save({"generator": result["generator"].state_dict(), "critic": result["critic"].state_dict()},
            f"{sys.argv[1]}/rank{os.environ['RANK']}.pt")
+sys.stdout.flush()
+os._exit(0)  # train() has destroyed the process group; skip finalization, where gloo's threads can abort
 """
 
 
@@ -82,7 +84,7 @@ def test_ddp_two_processes_stay_in_sync_and_write_once(tiny_dataset, tmp_path):
 
 
 DDP_GRADIENTS = """
-import os, sys, copy, torch, torch.distributed as dist
+import os, sys, copy, gc, torch, torch.distributed as dist
 import train_audio_gan as tag
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -105,7 +107,11 @@ assert not torch.allclose(own, mean), "the ranks' batches should differ"
 assert torch.allclose(torch.cat([p.grad.flatten() for p in critic.parameters()]), mean, atol=1e-6), \
     "DDP gradient is not the mean of the ranks' gradients"
 open(os.path.join(sys.argv[1], f"ok{rank}"), "w").write("ok")
+del ddp  # DDP's reducer holds gloo work: free it while the process group still exists
+gc.collect()
+dist.barrier()
 dist.destroy_process_group()
+os._exit(0)  # skip interpreter finalization, where gloo's worker threads can still abort the process (SIGABRT)
 """
 
 
