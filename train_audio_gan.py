@@ -154,6 +154,8 @@ def check_config(cfg):
                  "eval_samples", "eval_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
+    if cfg.batch_size == 1:
+        problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
     for name in ("epoch_steps", "eval_every"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name}={getattr(cfg, name)} must be 0 or more")
@@ -459,11 +461,30 @@ def build_models(cfg, n_classes):
 
 @torch.no_grad()
 def ema_update(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model; BatchNorm statistics are copied as they are."""
+    """ema <- decay * ema + (1 - decay) * model; BatchNorm statistics are copied (standing_stats re-estimates them)."""
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p, 1 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
+
+
+@torch.no_grad()
+def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, seed=0):
+    """Re-estimate BatchNorm statistics for averaged weights (BigGAN's "standing stats"): the raw model's misfit them."""
+    noise, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+    was_training = generator.training
+    generator.train()
+    for _ in range(batches):
+        generator(torch.randn(batch_size, latent_dim, generator=noise).to(device),
+                  torch.randint(n_classes, (batch_size,), generator=noise).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    generator.train(was_training)
 
 
 # ---------------------------------------------------------------- vocoder: HiFi-GAN (jik876 V1/V2/V3), Griffin-Lim
@@ -1073,12 +1094,12 @@ def fit(cfg, rank, world, device):
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
         data = MelDataset(cfg, device)
+        if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
+            raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
+                             f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
+                             f"{len(data) // world} or less, or add data.")
         evaluator = Evaluator(cfg, data, device) if cfg.eval_every and rank == 0 else None  # trains its classifier
     classes = data.classes
-    if cfg.batch_size > len(data) // world:
-        raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
-                         f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
-                         f"{len(data) // world} or less, or add data.")
     data.shard = data.shard[rank::world]
     generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
     generator_ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None  # for samples
@@ -1143,6 +1164,8 @@ def fit(cfg, rank, world, device):
     resume_hint = f"Checkpoint saved to {ckpt_path}.\nResume with the same flags plus --resume."
 
     def save_checkpoint(epoch_done, epoch_step):
+        if generator_ema is not None:  # generate and evaluate modes sample from these weights
+            standing_stats(generator_ema, len(classes), cfg.latent_dim)
         state = {"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
                  "generator_ema": generator_ema.state_dict() if generator_ema is not None else {},
                  "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "scalers": [s.state_dict() for s in scalers],
@@ -1206,6 +1229,8 @@ def fit(cfg, rank, world, device):
                     dist.broadcast(buffer, 0)
             if rank == 0:  # end of epoch: fixed-noise samples, plots, losses, then the checkpoint that marks it done
                 sampler = generator_ema if generator_ema is not None else unwrap(generator)
+                if generator_ema is not None:
+                    standing_stats(generator_ema, len(classes), cfg.latent_dim)
                 logmels = sample_logmels(sampler, fixed_noise, sample_labels, cfg)
                 wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
                 grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")

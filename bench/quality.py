@@ -1,7 +1,7 @@
 """Audio quality on real spoken digits (FSDD): train variants for the same number of steps, score them alike.
 
     python bench/quality.py                    # all variants, 1500 generator steps each, on cuda if present
-    python bench/quality.py --steps 300 --variants baseline
+    python bench/quality.py --steps 300 --variants log1p
 
 Trains on ../shared/data/fsdd/train (10 digits, 2,700 recordings at 8 kHz, resampled to 22.05 kHz) with a
 short-clip preset (64 frames = 0.74 s) and scores against ../shared/data/fsdd/test with the script's own Evaluator:
@@ -24,11 +24,12 @@ import train_audio_gan as tag  # noqa: E402
 FSDD = os.path.join(REPO, "..", "shared", "data", "fsdd")
 PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_per_class=1, log_every=25,
               vocoder="universal", eval_samples=20)
-VARIANTS = {  # name: config changes from the script's defaults. "baseline" is also scored without its EMA weights.
-    "baseline": {},
-    "log1p": {"scaling": "log1p"},
-    "projection": {"critic_cond": "projection"},
-}
+VARIANTS = {  # name: the settings compared, spelled out so the table does not change meaning with the defaults
+    "affine": {"scaling": "affine", "critic_cond": "concat"},
+    "log1p": {"scaling": "log1p", "critic_cond": "concat"},
+    "affine+projection": {"scaling": "affine", "critic_cond": "projection"},
+    "log1p+projection": {"scaling": "log1p", "critic_cond": "projection"},
+}  # every variant is scored twice: with its EMA generator and with its raw weights
 
 
 def main():
@@ -41,7 +42,8 @@ def main():
     if not os.path.isdir(os.path.join(FSDD, "train")):
         raise SystemExit(f"FSDD not found at {os.path.normpath(FSDD)}")
     base = tag.Config(base_path=os.path.join(FSDD, "train"), eval_path=os.path.join(FSDD, "test"), device=args.device,
-                      epochs=max(1, args.steps // 250), epoch_steps=min(250, args.steps), **PRESET)
+                      epochs=-(-args.steps // 250), epoch_steps=args.steps // -(-args.steps // 250), **PRESET)
+    steps = base.epochs * base.epoch_steps  # at most 250 an epoch: one sample set, plot and checkpoint each
     rows, evaluator = [], None
     for name in args.variants.split(","):
         cfg = dataclasses.replace(base, out_dir=os.path.join(args.out, name), **VARIANTS[name])
@@ -52,13 +54,12 @@ def main():
         if evaluator is None or evaluator.cfg.scaling != cfg.scaling:
             evaluator = tag.Evaluator(dataclasses.replace(cfg, out_dir=args.out), tag.MelDataset(cfg, device), device)
         vocoder = tag.load_vocoder(cfg, device)
-        scored = [(name, result["generator_ema"])] + ([("baseline without EMA", result["generator"])]
-                                                      if name == "baseline" else [])
+        scored = [(f"{name}, EMA", result["generator_ema"]), (f"{name}, no EMA", result["generator"])]
         for label, generator in scored:
             m = evaluator.evaluate(generator, vocoder, cfg.epochs)
             rows.append((label, m, minutes))
     ref = evaluator.reference
-    print(f"\nFSDD, {args.steps} generator steps per variant, {tag.pick_device(args.device)}; "
+    print(f"\nFSDD, {steps} generator steps per variant, {tag.pick_device(args.device)}; "
           f"{PRESET['eval_samples']} generated clips per digit, vocoded by HiFi-GAN (universal) and re-analysed")
     print("| variant | accuracy | worst digit | Inception Score | Frechet distance | within-class diversity | "
           "train minutes |")

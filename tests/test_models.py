@@ -40,6 +40,8 @@ def test_config_rejects_sizes_the_models_cannot_take():
         tag.check_config(tag.Config(n_frames=100))
     with pytest.raises(SystemExit, match="scaling"):
         tag.check_config(tag.Config(scaling="db"))
+    with pytest.raises(SystemExit, match="batch_size=1 is too small"):  # BatchNorm would fail mid-training
+        tag.check_config(tag.Config(batch_size=1))
 
 
 class LinearCritic(nn.Module):
@@ -82,3 +84,18 @@ def test_gradient_penalty_interpolates_with_fresh_eps():
     torch.manual_seed(2)
     b = tag.gradient_penalty(critic, real, fake, None)
     assert not torch.allclose(a, b)
+
+
+def test_standing_stats_fit_batchnorm_to_averaged_weights():
+    torch.manual_seed(0)
+    g = tag.Generator(10, 3, 16, 16, channels=4).eval()
+    with torch.no_grad():
+        g.fc[0].weight.mul_(3.0)  # weights moved (as an average of weights does) while the running stats stayed
+    tag.standing_stats(g, n_classes=3, latent_dim=10, batches=4, batch_size=32, seed=5)
+    noise = torch.Generator().manual_seed(5)  # the same inputs standing_stats drew
+    inputs = [(torch.randn(32, 10, generator=noise), torch.randint(3, (32,), generator=noise)) for _ in range(4)]
+    with torch.no_grad():
+        pre_bn = torch.cat([g.fc[0](torch.cat([z, g.embed(y)], 1)) for z, y in inputs])
+    bn = g.fc[1]
+    assert torch.allclose(bn.running_mean, pre_bn.mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and not g.training  # the module is left as it was found

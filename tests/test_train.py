@@ -49,10 +49,13 @@ def test_fixed_noise_is_the_same_every_epoch(tiny_dataset, tmp_path, monkeypatch
     assert len(result["history"]["step"]) == 9
 
 
-def test_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path):
+def test_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path, capsys):
     straight = tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2))
     tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=1))
+    capsys.readouterr()
     resumed = tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=2, resume=True))
+    printed = capsys.readouterr().out
+    assert "Resumed from" in printed and "epoch 1/2 " not in printed  # epoch 1 was not trained again
     for name in ("generator", "critic"):
         for (k, x), (_, y) in zip(straight[name].state_dict().items(), resumed[name].state_dict().items()):
             assert torch.equal(x, y), f"{name}.{k} differs after resume"
