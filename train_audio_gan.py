@@ -64,7 +64,7 @@ class Config:
     embed_dim: int = arg(50, "size of the generator's label embedding")
     g_channels: int = arg(64, "generator width: its conv stack has 8x, 4x, 2x, 1x this many channels")
     d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels")
-    critic_cond: str = arg("concat", 'how the critic sees the label: "concat" (a learned plane) or "projection"')
+    critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)')
     ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off")
     # optimisation
     epochs: int = arg(100, "training epochs")

@@ -9,11 +9,12 @@ from conftest import tag
 @pytest.mark.parametrize("n_mels,n_frames", [(80, 64), (32, 128), (80, 512), (16, 16)])
 def test_shapes(n_mels, n_frames):
     g = tag.Generator(latent_dim=10, n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4, embed_dim=5)
-    c = tag.Critic(n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4)
     labels = torch.tensor([0, 1, 2])
     x = g(torch.randn(3, 10), labels)
     assert x.shape == (3, 1, n_mels, n_frames)
-    assert c(x, labels).shape == (3,)
+    for conditioning in ("concat", "projection"):
+        c = tag.Critic(n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4, conditioning=conditioning)
+        assert c(x, labels).shape == (3,)
 
 
 @pytest.mark.parametrize("out_act,check", [("tanh", lambda x: x.abs().max() <= 1), ("relu", lambda x: x.min() >= 0)])
@@ -22,10 +23,11 @@ def test_output_activation(out_act, check):
     assert check(g(torch.randn(8, 10), torch.randint(2, (8,))))
 
 
-def test_label_changes_outputs():
+@pytest.mark.parametrize("conditioning", ["concat", "projection"])
+def test_label_changes_outputs(conditioning):
     torch.manual_seed(0)
     g = tag.Generator(10, 3, 16, 32, channels=4).eval()
-    c = tag.Critic(3, 16, 32, channels=4)
+    c = tag.Critic(3, 16, 32, channels=4, conditioning=conditioning)
     z = torch.randn(1, 10).repeat(2, 1)
     labels = torch.tensor([0, 2])
     x = g(z, labels)
