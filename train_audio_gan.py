@@ -99,7 +99,7 @@ class Config:
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
 
 
-# A CPU-sized preset for the synthetic demo: about 4 minutes on 2 cores. Flags given explicitly still win.
+# A CPU-sized preset for the synthetic demo: about 3.5 minutes on 2 cores. Flags given explicitly still win.
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=10, epoch_steps=60)
 # Model and mel settings a checkpoint must share with the run that loads it.
 ARCH_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "n_frames", "scaling",
