@@ -102,8 +102,8 @@ class Config:
 # A CPU-sized preset for the synthetic demo: about 3.5 minutes on 2 cores. Flags given explicitly still win.
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=10, epoch_steps=60)
 # Model and mel settings a checkpoint must share with the run that loads it.
-ARCH_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax", "n_frames", "scaling",
-             "latent_dim", "embed_dim", "g_channels", "d_channels", "critic_cond")
+MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
+ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "latent_dim", "embed_dim", "g_channels", "d_channels", "critic_cond")
 CHOICES = {"scaling": ("affine", "log1p"), "critic_cond": ("concat", "projection"), "amp": ("auto", "bf16", "fp16", "off"), "mode": ("train", "generate", "evaluate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
@@ -306,8 +306,7 @@ class MelDataset:
 
     def __init__(self, cfg, device):
         self.classes, files, unlisted = discover(cfg.base_path)
-        settings = {k: getattr(cfg, k) for k in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels",
-                                                 "fmin", "fmax")}
+        settings = {k: getattr(cfg, k) for k in MEL_KEYS}
         # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
         listing = [(os.path.relpath(p, cfg.base_path), os.path.getsize(p), os.stat(p).st_mtime_ns, y) for p, y in files]
         key = hashlib.sha1(json.dumps([settings, self.classes, listing]).encode()).hexdigest()
@@ -1164,8 +1163,8 @@ def fit(cfg, rank, world, device):
     resume_hint = f"Checkpoint saved to {ckpt_path}.\nResume with the same flags plus --resume."
 
     def save_checkpoint(epoch_done, epoch_step):
-        if generator_ema is not None:  # generate and evaluate modes sample from these weights
-            standing_stats(generator_ema, len(classes), cfg.latent_dim)
+        if generator_ema is not None and epoch_step:  # mid-epoch: the epoch-end sampling has not re-estimated them
+            standing_stats(generator_ema, len(classes), cfg.latent_dim)  # generate and evaluate modes sample these
         state = {"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
                  "generator_ema": generator_ema.state_dict() if generator_ema is not None else {},
                  "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "scalers": [s.state_dict() for s in scalers],

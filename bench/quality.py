@@ -11,6 +11,7 @@ reference beside it.
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -41,9 +42,10 @@ def main():
     args = p.parse_args()
     if not os.path.isdir(os.path.join(FSDD, "train")):
         raise SystemExit(f"FSDD not found at {os.path.normpath(FSDD)}")
+    epochs = math.ceil(args.steps / 250)  # at most 250 steps an epoch: one sample set, plot and checkpoint each
     base = tag.Config(base_path=os.path.join(FSDD, "train"), eval_path=os.path.join(FSDD, "test"), device=args.device,
-                      epochs=-(-args.steps // 250), epoch_steps=args.steps // -(-args.steps // 250), **PRESET)
-    steps = base.epochs * base.epoch_steps  # at most 250 an epoch: one sample set, plot and checkpoint each
+                      epochs=epochs, epoch_steps=args.steps // epochs, **PRESET)
+    steps = base.epochs * base.epoch_steps
     rows, evaluator = [], None
     for name in args.variants.split(","):
         cfg = dataclasses.replace(base, out_dir=os.path.join(args.out, name), **VARIANTS[name])
