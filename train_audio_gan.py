@@ -58,13 +58,21 @@ class Config:
     fmin: float = arg(0.0, "lowest mel frequency (Hz)")
     fmax: float = arg(8000.0, "highest mel frequency (Hz)")
     n_frames: int = arg(512, "mel frames per training example (divisible by 16); 512 frames = 5.94 s")
-    scaling: str = arg("affine", 'GAN-side mel scaling: "affine" (log-mel to [-1,1], tanh) or "log1p" (original)')
+    scaling: str = arg("affine", 'GAN-side mel scaling: "affine" (log-mel to [-1,1]), "per_bin" (each mel bin to zero '
+                       'mean, 3 std = 1; SpecGAN) or "log1p" (original)')
     # model
+    arch: str = arg("conv1d", 'generator: "conv1d" (mel bins as channels, convs over time), "conv2d" (upsample + 3x3 '
+                    'conv) or "seed" (the original design: ConvTranspose2d, log1p, concat critic, plain training)')
     latent_dim: int = arg(100, "size of the noise vector z")
     embed_dim: int = arg(50, "size of the generator's label embedding")
-    g_channels: int = arg(64, "generator width: its conv stack has 8x, 4x, 2x, 1x this many channels")
+    g_channels: int = arg(64, "generator width c: conv1d 8c, 8c, 4c, 4c, 4c channels; conv2d 8c ... c/2; seed 8c ... c")
+    g_cond: str = arg("cbn", 'how the generator sees the label: "cbn" (class-conditional BatchNorm gains and biases, '
+                      'BigGAN, plus the embedding beside z) or "concat" (the embedding beside z only)')
     d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels")
     critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)')
+    mbstd: bool = arg(False, "minibatch standard deviation feature in the critic (ProGAN), against mode collapse")
+    aux_weight: float = arg(0.0, "weight of the critic's auxiliary classifier loss (AC-GAN; GANSynth uses 10); 0 = off")
+    augment: bool = arg(False, "DiffAugment for the critic: random time shift and time cutout of real and fake mels")
     ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off")
     # optimisation
     epochs: int = arg(100, "training epochs")
@@ -72,6 +80,7 @@ class Config:
     batch_size: int = arg(128, "examples per critic and generator step (per process under torchrun)")
     n_critic: int = arg(5, "critic steps per generator step")
     lambda_gp: float = arg(10.0, "gradient-penalty weight")
+    gp_every: int = arg(1, "penalise every this many critic steps, with weight gp_every * lambda_gp (lazy, StyleGAN2)")
     lr: float = arg(2e-4, "Adam learning rate, both networks")
     beta1: float = arg(0.5, "Adam beta1")
     beta2: float = arg(0.999, "Adam beta2")
@@ -87,6 +96,7 @@ class Config:
                        'or "griffinlim"')
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory")
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
+    max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit")
     # evaluation: a classifier trained on the real clips scores the generated audio
     eval_every: int = arg(0, "evaluate every this many epochs during training; 0 = never")
     eval_path: str = arg("", "held-out real clips in the same class folders; default: every 10th training clip")
@@ -101,15 +111,21 @@ class Config:
 
 # A CPU-sized preset for the synthetic demo: about 3.5 minutes on 2 cores. Flags given explicitly still win.
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=10, epoch_steps=60)
+# --arch seed is the original design, trained plainly, kept for comparison: these fill the fields you do not set.
+SEED_PRESET = dict(scaling="log1p", critic_cond="concat", g_cond="concat", mbstd=False, aux_weight=0.0, augment=False,
+                   gp_every=1, ema=0.0, lr=2e-4, beta1=0.5, beta2=0.999, n_critic=5)
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
-ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "latent_dim", "embed_dim", "g_channels", "d_channels", "critic_cond")
-CHOICES = {"scaling": ("affine", "log1p"), "critic_cond": ("concat", "projection"), "amp": ("auto", "bf16", "fp16", "off"), "mode": ("train", "generate", "evaluate")}
+ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
+                        "critic_cond", "mbstd")
+CHOICES = {"scaling": ("per_bin", "affine", "log1p"), "arch": ("conv2d", "conv1d", "seed"), "g_cond": ("cbn", "concat"),
+           "critic_cond": ("concat", "projection"), "amp": ("auto", "bf16", "fp16", "off"),
+           "mode": ("train", "generate", "evaluate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
-EVAL_METRICS = ("accuracy", "inception_score", "frechet", "diversity")
+EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
 
 
 def str2bool(s):
@@ -136,9 +152,8 @@ def parse_config(argv=None):
         parser.error(f"unknown flag(s) {' '.join(typos)}; see --help")
     given = {k: v for k, v in vars(args).items() if v is not None}
     cfg = Config(**given)
-    if cfg.base_path == "demo":
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in DEMO_PRESET.items() if k not in given})
-    return cfg
+    presets = {**(DEMO_PRESET if cfg.base_path == "demo" else {}), **(SEED_PRESET if cfg.arch == "seed" else {})}
+    return dataclasses.replace(cfg, **{k: v for k, v in presets.items() if k not in given})
 
 
 def check_config(cfg):
@@ -150,13 +165,13 @@ def check_config(cfg):
     for name, choices in CHOICES.items():
         if getattr(cfg, name) not in choices:
             problems.append(f"{name}={getattr(cfg, name)!r} must be one of {', '.join(choices)}")
-    for name in ("batch_size", "n_critic", "epochs", "samples_per_class", "log_every", "vocoder_batch", "n_generate",
+    for name in ("batch_size", "n_critic", "gp_every", "epochs", "samples_per_class", "log_every", "vocoder_batch", "n_generate",
                  "eval_samples", "eval_steps"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
     if cfg.batch_size == 1:
         problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
-    for name in ("epoch_steps", "eval_every"):
+    for name in ("epoch_steps", "eval_every", "max_minutes", "aux_weight"):
         if getattr(cfg, name) < 0:
             problems.append(f"{name}={getattr(cfg, name)} must be 0 or more")
     if not 0 <= cfg.ema < 1:
@@ -229,24 +244,45 @@ class MelSpectrogram(nn.Module):
         return torch.log(torch.clamp(self.fb @ mag, min=1e-5))
 
 
-# The GAN never sees raw log-mel: both scalings are exact, invertible maps, and the vocoder always receives
-# HiFi-GAN log-mel. "affine" maps [LOG_FLOOR, LOG_FLOOR + 14] = [-11.5, 2.5] onto [-1, 1]: silence is exactly -1
-# and the loudest peak-normalised audio (about 2.1) stays just under tanh's +1; a wider span let the generator
-# saturate at +39 dB and paint bright specks.
-# "log1p" is the original design's log1p of the linear mel magnitude with a ReLU output.
-AFFINE_SPAN = 14.0
+# The GAN never sees raw log-mel: every scaling is an exact, invertible map, and the vocoder always receives
+# HiFi-GAN log-mel. "per_bin" (SpecGAN) centres each mel bin on its dataset mean and divides by 3 of its standard
+# deviations, so quiet high bins matter as much as loud low ones; the statistics travel with the checkpoint, and the
+# training data alone is clipped to [-1, 1] (tanh's range; see MelDataset). "affine" maps the fixed span
+# [LOG_FLOOR, LOG_FLOOR + 14] = [-11.5, 2.5] onto [-1, 1]. "log1p" is the original design's log1p of the linear mel
+# magnitude, with a ReLU output.
+AFFINE_SPAN, PER_BIN_STDS, MIN_STD = 14.0, 3.0, 0.5  # MIN_STD (nats): bins that never change are not blown up
 
 
-def to_gan(logmel, scaling):
-    if scaling == "affine":
-        return (logmel - LOG_FLOOR) * (2.0 / AFFINE_SPAN) - 1.0
-    return torch.log1p(torch.exp(logmel))
+class GanScale:
+    """The map between HiFi-GAN log-mel (..., n_mels, T) and the GAN's values; plain data, so checkpoints can hold it."""
 
+    def __init__(self, kind, mean=None, std=None):
+        self.kind, self.mean, self.std = kind, mean, std  # mean, std: (n_mels, 1) for "per_bin", else None
 
-def from_gan(x, scaling):
-    if scaling == "affine":
-        return (x + 1.0) * (AFFINE_SPAN / 2.0) + LOG_FLOOR
-    return torch.log(torch.clamp(torch.expm1(x), min=1e-5))
+    @classmethod
+    def fit(cls, kind, frames):
+        """Statistics of every frame of the data, frames (n_mels, N); only "per_bin" needs any."""
+        if kind != "per_bin":
+            return cls(kind)
+        mean, std = frames.mean(1, keepdim=True), frames.std(1, keepdim=True).clamp(min=MIN_STD)
+        return cls(kind, mean, std)
+
+    def to_gan(self, logmel):
+        if self.kind == "per_bin":
+            return (logmel - self.mean.to(logmel.device)) / (PER_BIN_STDS * self.std.to(logmel.device))
+        if self.kind == "affine":
+            return (logmel - LOG_FLOOR) * (2.0 / AFFINE_SPAN) - 1.0
+        return torch.log1p(torch.exp(logmel))
+
+    def from_gan(self, x):
+        if self.kind == "per_bin":
+            return x * (PER_BIN_STDS * self.std.to(x.device)) + self.mean.to(x.device)
+        if self.kind == "affine":
+            return (x + 1.0) * (AFFINE_SPAN / 2.0) + LOG_FLOOR
+        return torch.log(torch.clamp(torch.expm1(x), min=1e-5))
+
+    def state(self):
+        return {"kind": self.kind, "mean": self.mean, "std": self.std}
 
 
 # ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
@@ -304,7 +340,7 @@ def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0
 class MelDataset:
     """Every clip's log-mel in one (n_mels, total_frames) tensor on the device; batches are random crops."""
 
-    def __init__(self, cfg, device):
+    def __init__(self, cfg, device, scale=None):
         self.classes, files, unlisted = discover(cfg.base_path)
         settings = {k: getattr(cfg, k) for k in MEL_KEYS}
         # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
@@ -335,13 +371,18 @@ class MelDataset:
                   f"{len(data['labels'])}.")
         self.lengths, self.labels = data["lengths"], data["labels"]
         offsets = torch.cumsum(self.lengths, 0) - self.lengths
-        frames = to_gan(data["frames"], cfg.scaling)  # (n_mels, total_frames)
+        # A resumed run keeps the statistics its generator learnt with; SpecGAN's clip at 3 std touches ~1 % of values.
+        self.scale = scale or GanScale.fit(cfg.scaling, data["frames"])
+        frames = self.scale.to_gan(data["frames"])  # (n_mels, total_frames)
+        if cfg.scaling == "per_bin":
+            frames = frames.clamp(-1, 1)
         if device.type == "cuda" and frames.nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
             device = torch.device("cpu")  # too big for the GPU: crops are gathered on the host and copied
         self.frames, self.offsets = frames.to(device), offsets.to(device)
         self.lengths_d, self.labels_d = self.lengths.to(device), self.labels.to(device)
         self.shard = torch.arange(len(self.labels), device=device)  # under DDP each rank keeps every world-th clip
-        self.n_frames, self.floor = cfg.n_frames, to_gan(torch.tensor(LOG_FLOOR), cfg.scaling).item()
+        silence = self.scale.to_gan(torch.full((cfg.n_mels, 1), LOG_FLOOR))
+        self.n_frames, self.floor = cfg.n_frames, silence.clamp(min=-1).view(-1, 1, 1).to(device)  # (n_mels, 1, 1)
         median = int(self.lengths.median()) if len(self.lengths) else 0
         if median < cfg.n_frames // 2:
             print(f"Note: the median clip has {median} frames but n_frames={cfg.n_frames}: most of every example is "
@@ -382,14 +423,19 @@ class MelDataset:
         return self.shard[torch.randint(len(self.shard), (n,), device=self.shard.device)]
 
     def crops(self, idx):
-        """Clips idx as (B, 1, n_mels, n_frames) with their labels (B,)."""
+        """Clips idx as (B, 1, n_mels, n_frames) in GAN scaling, with their labels (B,)."""
         idx = idx.to(self.lengths_d.device)
         x = random_crops(self.frames, self.offsets[idx], self.lengths_d[idx], self.n_frames, self.floor)
         return x, self.labels_d[idx]
 
+    def logmels(self, idx):
+        """Clips idx as HiFi-GAN log-mel (B, n_mels, n_frames), one random crop each."""
+        return self.scale.from_gan(self.crops(idx)[0]).squeeze(1)
+
 
 def random_crops(frames, offsets, lengths, n_frames, floor):
-    """A random n_frames window of each clip frames[:, offset:offset+length], silence (floor) after short ones."""
+    """A random n_frames window of each clip frames[:, offset:offset+length], silence (floor, (n_mels, 1, 1)) after
+    short ones."""
     length = lengths[:, None]
     start = (torch.rand(len(lengths), 1, device=frames.device) * (length - n_frames + 1).clamp(min=1)).long()
     pos = start + torch.arange(n_frames, device=frames.device)  # (B, n_frames)
@@ -399,48 +445,130 @@ def random_crops(frames, offsets, lengths, n_frames, floor):
 
 # ---------------------------------------------------------------- conditional WGAN-GP
 
-class Generator(nn.Module):
-    """(z, label) -> Dense -> (C, n_mels/16, n_frames/16) -> 4 ConvTranspose2d upsamplings -> (B, 1, n_mels, n_frames)."""
+class CondBatchNorm(nn.Module):
+    """BatchNorm whose gain and bias are looked up per class (BigGAN's conditional BN), or plain BatchNorm."""
 
-    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, out_act="tanh"):
+    def __init__(self, channels, n_classes, dims, conditional):
         super().__init__()
-        self.shape = (channels * 8, n_mels // 16, n_frames // 16)
+        self.norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(channels, affine=not conditional)
+        self.gain = nn.Embedding(n_classes, channels) if conditional else None
+        self.bias = nn.Embedding(n_classes, channels) if conditional else None
+        if conditional:
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x, labels):
+        x = self.norm(x)
+        if self.gain is None:
+            return x
+        shape = (*x.shape[:2], *[1] * (x.dim() - 2))  # (B, C, 1[, 1])
+        return x * self.gain(labels).view(shape) + self.bias(labels).view(shape)
+
+
+class UpBlock(nn.Module):
+    """2x upsampling, BatchNorm (class-conditional or not), ReLU. The seed design upsamples with ConvTranspose2d(4, 2),
+    whose uneven kernel overlap paints a checkerboard; the others repeat pixels (nearest) and then convolve."""
+
+    def __init__(self, c_in, c_out, n_classes, arch, conditional):
+        super().__init__()
+        dims = 1 if arch == "conv1d" else 2
+        if arch == "seed":
+            self.conv = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+        else:
+            up = nn.Upsample(scale_factor=2 if dims == 2 else (2,), mode="nearest")
+            conv = nn.Conv1d(c_in, c_out, 5, padding=2) if dims == 1 else nn.Conv2d(c_in, c_out, 3, padding=1)
+            self.conv = nn.Sequential(up, conv)
+        self.norm = CondBatchNorm(c_out, n_classes, dims, conditional)
+
+    def forward(self, x, labels):
+        return F.relu(self.norm(self.conv(x), labels))
+
+
+class Generator(nn.Module):
+    """(z, label) -> Linear -> 4 UpBlocks -> (B, 1, n_mels, n_frames).
+
+    conv2d: (8c, n_mels/16, n_frames/16) -> ... -> (c/2, n_mels, n_frames), a 3x3 conv to one channel.
+    conv1d: mel bins are channels and convs run over time: (8c, n_frames/16) -> ... -> (4c, n_frames), a conv to
+    n_mels channels; every output frame is a learnt mix of whole spectra. seed: the original design, ConvTranspose2d
+    stack ending in one channel."""
+
+    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, arch="conv2d", cond="cbn",
+                 out_act="tanh"):
+        super().__init__()
+        c, self.arch = channels, arch
+        widths = {"conv2d": (8 * c, 4 * c, 2 * c, c, max(1, c // 2)), "conv1d": (8 * c, 8 * c, 4 * c, 4 * c, 4 * c),
+                  "seed": (8 * c, 4 * c, 2 * c, c)}[arch]
+        self.shape = (widths[0], n_frames // 16) if arch == "conv1d" else (widths[0], n_mels // 16, n_frames // 16)
         self.embed = nn.Embedding(n_classes, embed_dim)
         self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)),
                                 nn.BatchNorm1d(math.prod(self.shape)), nn.ReLU())
-        layers = []
-        for c_in in (channels * 8, channels * 4, channels * 2):
-            layers += [nn.ConvTranspose2d(c_in, c_in // 2, 4, 2, 1), nn.BatchNorm2d(c_in // 2), nn.ReLU()]
-        layers.append(nn.ConvTranspose2d(channels, 1, 4, 2, 1))
-        layers.append({"tanh": nn.Tanh(), "relu": nn.ReLU()}[out_act])
-        self.net = nn.Sequential(*layers)
+        conditional = cond == "cbn" and arch != "seed"
+        self.blocks = nn.ModuleList(UpBlock(a, b, n_classes, arch, conditional) for a, b in zip(widths, widths[1:]))
+        if arch == "seed":  # the fourth upsampling is the output layer itself
+            self.out = nn.ConvTranspose2d(c, 1, 4, 2, 1)
+        elif arch == "conv1d":
+            self.out = nn.Conv1d(widths[-1], n_mels, 5, padding=2)
+        else:
+            self.out = nn.Conv2d(widths[-1], 1, 3, padding=1)
+        self.act = {"tanh": nn.Tanh(), "relu": nn.ReLU()}[out_act]
 
     def forward(self, z, labels):
-        h = self.fc(torch.cat([z, self.embed(labels)], 1))
-        return self.net(h.view(-1, *self.shape))
+        h = self.fc(torch.cat([z, self.embed(labels)], 1)).view(-1, *self.shape)
+        for block in self.blocks:
+            h = block(h, labels)
+        x = self.act(self.out(h))  # conv1d: (B, n_mels, n_frames); else (B, 1, n_mels, n_frames)
+        return x.unsqueeze(1) if self.arch == "conv1d" else x
+
+
+def minibatch_std(h, group=4):
+    """ProGAN's minibatch standard deviation: one more feature map, the mean std over groups of consecutive examples.
+    Groups never straddle the real and fake halves of a batch, as long as the batch size is a multiple of the group."""
+    B = h.shape[0]
+    g = math.gcd(B, group)
+    std = (h.view(B // g, g, -1).var(1, unbiased=False) + 1e-8).sqrt().mean(1)  # (B / g,)
+    return torch.cat([h, std.repeat_interleave(g).view(B, 1, 1, 1).expand(B, 1, *h.shape[2:])], 1)
 
 
 class Critic(nn.Module):
-    """(mel, label) -> 4 strided Conv2d + LeakyReLU -> score (B,). The label enters as a learned per-class plane
-    beside the mel ("concat"), or as an inner product with the pooled features ("projection", Miyato & Koyama 2018)."""
+    """(mel, label) -> 4 strided Conv2d + LeakyReLU -> (score (B,), class logits (B, n_classes)).
 
-    def __init__(self, n_classes, n_mels, n_frames, channels=64, conditioning="concat"):
+    The label enters as a learned per-class plane beside the mel ("concat"), or as an inner product with the pooled
+    features ("projection", Miyato & Koyama 2018). The class logits feed the auxiliary classifier loss (AC-GAN)."""
+
+    def __init__(self, n_classes, n_mels, n_frames, channels=64, conditioning="concat", mbstd=False):
         super().__init__()
-        self.mel_shape, self.projection = (n_mels, n_frames), conditioning == "projection"
+        self.mel_shape, self.projection, self.mbstd = (n_mels, n_frames), conditioning == "projection", mbstd
         layers, c_in = [], 1 if self.projection else 2
         for c_out in (channels, channels * 2, channels * 4, channels * 8):
             layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm: it breaks the GP
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in * (n_mels // 16) * (n_frames // 16), 1)
+        self.fc = nn.Linear((c_in + mbstd) * (n_mels // 16) * (n_frames // 16), 1)
         self.embed = nn.Embedding(n_classes, c_in if self.projection else n_mels * n_frames)
+        self.classify = nn.Linear(c_in, n_classes)
 
     def forward(self, mel, labels):
         if not self.projection:
             mel = torch.cat([mel, self.embed(labels).view(-1, 1, *self.mel_shape)], 1)
         h = self.features(mel)  # (B, 8 * channels, n_mels / 16, n_frames / 16)
-        score = self.fc(h.flatten(1)).squeeze(1)
-        return score + (self.embed(labels) * h.sum((2, 3))).sum(1) if self.projection else score
+        score = self.fc((minibatch_std(h) if self.mbstd else h).flatten(1)).squeeze(1)
+        pooled = h.sum((2, 3))
+        if self.projection:
+            score = score + (self.embed(labels) * pooled).sum(1)
+        return score, self.classify(pooled / h[0, 0].numel())
+
+
+def augment(x, floor):
+    """DiffAugment for mels (B, 1, n_mels, T): a random time shift of up to T/8 and a cutout of T/4 frames, both
+    filled with silence (floor (n_mels, 1, 1)). Differentiable, so the same augmentation can be applied to fakes.
+    Never a frequency shift: that changes pitch and timbre, which are what the classes are."""
+    B, T = x.shape[0], x.shape[-1]
+    t = torch.arange(T, device=x.device)
+    src = t - torch.randint(-(T // 8), T // 8 + 1, (B, 1), device=x.device)  # (B, T): where each frame comes from
+    cut = torch.randint(0, T - T // 4 + 1, (B, 1), device=x.device)
+    keep = (src >= 0) & (src < T) & ((t < cut) | (t >= cut + T // 4))
+    x = x.gather(3, src.clamp(0, T - 1)[:, None, None, :].expand_as(x))
+    return torch.where(keep[:, None, None, :], x, floor.view(1, 1, -1, 1).to(x.dtype))
 
 
 def gradient_penalty(critic, real, fake, labels):
@@ -448,14 +576,14 @@ def gradient_penalty(critic, real, fake, labels):
     eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device)
     x = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
     with torch.autocast(real.device.type, enabled=False):  # fp32 even under mixed precision: a 2nd-order term
-        (grad,) = torch.autograd.grad(critic(x, labels).sum(), x, create_graph=True)
+        (grad,) = torch.autograd.grad(critic(x, labels)[0].sum(), x, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
 def build_models(cfg, n_classes):
     generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
-                          "tanh" if cfg.scaling == "affine" else "relu")
-    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond)
+                          cfg.arch, cfg.g_cond, "relu" if cfg.scaling == "log1p" else "tanh")
+    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
 
 
 @torch.no_grad()
@@ -690,7 +818,7 @@ def load_checkpoint(path, cfg=None, classes=None):
         raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        ckpt["config"], ckpt["classes"]  # noqa: B018 -- a foreign file fails here, not later
+        ckpt["config"], ckpt["classes"], ckpt["gan_scale"]  # noqa: B018 -- a foreign or older file fails here
     except Exception as e:
         raise SystemExit(f"{path} is not a readable checkpoint of this script ({type(e).__name__}: {e}).") from None
     if cfg is not None:
@@ -703,12 +831,12 @@ def load_checkpoint(path, cfg=None, classes=None):
     return ckpt
 
 
-def sample_logmels(generator, noise, labels, cfg):
+def sample_logmels(generator, noise, labels, scale):
     """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
     was_training = generator.training
     generator.eval()
     with torch.no_grad():
-        logmel = from_gan(generator(noise, labels), cfg.scaling).squeeze(1)
+        logmel = scale.from_gan(generator(noise, labels)).squeeze(1)
     generator.train(was_training)
     return logmel
 
@@ -825,7 +953,7 @@ class Classifier(nn.Module):
         self.head = nn.Linear(128, n_classes)
 
     def forward(self, logmel):  # (B, n_mels, T) HiFi-GAN log-mel -> (logits, embeddings)
-        e = self.embed(self.convs(to_gan(logmel, "affine").unsqueeze(1)).mean(-1))
+        e = self.embed(self.convs(GanScale("affine").to_gan(logmel).unsqueeze(1)).mean(-1))
         return self.head(e), e
 
 
@@ -835,6 +963,12 @@ def frechet_distance(a, b):
     sa, sb = torch.cov(a.T), torch.cov(b.T)
     covmean = torch.linalg.eigvals(sa @ sb).real.clamp(min=0).sqrt().sum()  # Tr sqrt(A) = sum sqrt(eig(A))
     return ((a.mean(0) - b.mean(0)) ** 2).sum().item() + (sa.trace() + sb.trace() - 2 * covmean).item()
+
+
+def band_stats(logmel):
+    """Each mel band's mean and standard deviation over time, (N, n_mels, T) -> (N, 2 n_mels): a classifier-free
+    description of a clip's spectrum and its movement, for the Frechet distance "frechet_mel"."""
+    return torch.cat([logmel.mean(-1), logmel.std(-1)], 1)
 
 
 def scores(logits, emb, labels, n_classes):
@@ -856,7 +990,7 @@ class Evaluator:
     def __init__(self, cfg, data, device):
         self.cfg, self.device, self.classes = cfg, device, data.classes
         if cfg.eval_path:
-            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), device)
+            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), device, data.scale)
             if held.classes != data.classes:
                 raise SystemExit(f"eval_path classes {held.classes} differ from the training classes {data.classes}.")
             train_idx, held_data, held_idx = torch.arange(len(data)), held, torch.arange(len(held))
@@ -878,23 +1012,23 @@ class Evaluator:
             self.model.eval()
             # The floor from as many real clips per class as are generated: the distance shrinks with sample size.
             per_class = [train_idx[data.labels[train_idx] == c][:cfg.eval_samples] for c in range(len(self.classes))]
-            real_train = self.classify(self.real(data, torch.cat(per_class)))
-            self.held_labels = held_data.labels[held_idx].to(device)
-            self.held = self.classify(self.real(held_data, held_idx))
-        self.reference = {**scores(*self.held, self.held_labels, len(self.classes)),
-                          "frechet": frechet_distance(real_train[1], self.held[1])}  # the floor a GAN can reach
+            real_train, held = self.real(data, torch.cat(per_class)), self.real(held_data, held_idx)
+            self.held_labels, self.held, self.held_bands = held_data.labels[held_idx].to(device), self.classify(held), \
+                band_stats(held)
+        self.reference = {**scores(*self.held, self.held_labels, len(self.classes)),  # the floors a GAN can reach:
+                          "frechet": frechet_distance(self.classify(real_train)[1], self.held[1]),
+                          "frechet_mel": frechet_distance(band_stats(real_train), self.held_bands)}
 
     def real(self, data, idx):
         """Real clips as HiFi-GAN log-mel (N, n_mels, n_frames), one crop each."""
-        return from_gan(data.crops(idx.to(data.labels_d.device))[0], self.cfg.scaling).squeeze(1).to(self.device)
+        return data.logmels(idx.to(data.labels_d.device)).to(self.device)
 
     def fit(self, data, idx, batch=64):
         opt = torch.optim.Adam(self.model.parameters(), 1e-3)
         for _ in tqdm(range(self.cfg.eval_steps), desc="Training the evaluation classifier", leave=False):
             pick = idx[torch.randint(len(idx), (batch,))]
-            x, y = data.crops(pick.to(data.labels_d.device))
-            logits, _ = self.model(from_gan(x, self.cfg.scaling).squeeze(1).to(self.device))
-            loss = F.cross_entropy(logits, y.to(self.device))
+            logits, _ = self.model(self.real(data, pick))
+            loss = F.cross_entropy(logits, data.labels[pick].to(self.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -909,18 +1043,20 @@ class Evaluator:
         heard = self.mel(vocode(logmel, vocoder, self.cfg).to(self.device))[..., :logmel.shape[-1]]
         logits, emb = self.classify(heard)
         return {**scores(logits, emb, labels.to(self.device), len(self.classes)),
-                "frechet": frechet_distance(emb, self.held[1])}
+                "frechet": frechet_distance(emb, self.held[1]), "frechet_mel": frechet_distance(band_stats(heard),
+                                                                                                self.held_bands)}
 
-    def evaluate(self, generator, vocoder, epoch):
+    def evaluate(self, generator, scale, vocoder, epoch):
         """Score eval_samples clips per class from generator; append them to eval_metrics.csv and redraw the plot."""
         labels = torch.arange(len(self.classes)).repeat_interleave(self.cfg.eval_samples).to(self.device)
         noise = torch.randn(len(labels), self.cfg.latent_dim,
                             generator=torch.Generator().manual_seed(self.cfg.seed + 1)).to(self.device)
-        m = self.score(sample_logmels(generator, noise, labels, self.cfg), labels, vocoder)
+        m = self.score(sample_logmels(generator, noise, labels, scale), labels, vocoder)
         ref = self.reference
         print(f"eval epoch {epoch}: accuracy {m['accuracy']:.3f} (real held-out {ref['accuracy']:.3f}), "
               f"IS {m['inception_score']:.2f} (real {ref['inception_score']:.2f}), Frechet {m['frechet']:.2f} "
-              f"(real floor {ref['frechet']:.2f}), within-class diversity {m['diversity']:.2f} "
+              f"(real floor {ref['frechet']:.2f}), band Frechet {m['frechet_mel']:.2f} (real floor "
+              f"{ref['frechet_mel']:.2f}), within-class diversity {m['diversity']:.2f} "
               f"(real {ref['diversity']:.2f})")
         row = {"epoch": epoch, **{k: round(m[k], 4) for k in EVAL_METRICS},
                **{f"real_{k}": round(ref[k], 4) for k in EVAL_METRICS},
@@ -939,14 +1075,17 @@ class Evaluator:
 
 def plot_eval(rows, path):
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(11, 6), layout="constrained")
+    fig = Figure(figsize=(14, 6), layout="constrained")
     epochs = [int(r["epoch"]) for r in rows]
-    for ax, name in zip(fig.subplots(2, 2).flat, EVAL_METRICS):
-        ax.plot(epochs, [float(r[name]) for r in rows], "o-", label="generated")
+    axes = fig.subplots(2, 3).flat
+    for ax, name in zip(axes, EVAL_METRICS):
+        ax.plot(epochs, [float(r.get(name) or "nan") for r in rows], "o-", label="generated")
         ax.axhline(float(rows[-1][f"real_{name}"]), color="gray", ls="--", label="real held-out")
         ax.set(title=name, xlabel="epoch")
         ax.legend()
         ax.grid(alpha=0.3)
+    for ax in axes:  # the grid's spare panel
+        ax.set_axis_off()
     save_figure(fig, path)
 
 
@@ -1030,22 +1169,30 @@ def unwrap(model):
     return model.module if isinstance(model, DDP) else model
 
 
-def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype):
+def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
     """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
 
+    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
+    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
+    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
     Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
     device, B = next(unwrap(critic).parameters()).device, cfg.batch_size
     amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    for _ in range(cfg.n_critic):
+    view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
+    gps = []
+    for i in range(cfg.n_critic):
         idx = data.sample(B)
         real, labels = (t.to(device, non_blocking=True) for t in data.crops(idx))
         with torch.no_grad(), amp():
             fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
+        real, fake = view(real), view(fake)
         with amp():  # real and fake in one forward: one DDP call, larger kernels
-            scores = critic(torch.cat([real, fake]), torch.cat([labels, labels])).float()
-        wdist = scores[:B].mean() - scores[B:].mean()
-        gp = gradient_penalty(critic, real, fake, labels)
-        loss_c = cfg.lambda_gp * gp - wdist
+            scores, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
+        wdist = scores[:B].float().mean() - scores[B:].float().mean()
+        loss_c = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
+        if (step * cfg.n_critic + i) % cfg.gp_every == 0:  # lazy regularisation: the penalty's double backward is dear
+            gps.append(gradient_penalty(critic, real, fake, labels))
+            loss_c = loss_c + cfg.gp_every * cfg.lambda_gp * gps[-1]
         opt_c.zero_grad(set_to_none=True)
         scalers[1].scale(loss_c).backward()
         scalers[1].step(opt_c)
@@ -1053,12 +1200,14 @@ def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype):
     labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
     unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
     with amp():
-        loss_g = -unwrap(critic)(generator(torch.randn(B, cfg.latent_dim, device=device), labels), labels).float().mean()
+        scores, logits = unwrap(critic)(view(generator(torch.randn(B, cfg.latent_dim, device=device), labels)), labels)
+        loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - scores.float().mean()
     opt_g.zero_grad(set_to_none=True)
     scalers[0].scale(loss_g).backward()
     scalers[0].step(opt_g)
     scalers[0].update()
     unwrap(critic).requires_grad_(True)
+    gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
     return torch.stack([loss_c, loss_g, wdist, gp]).detach()
 
 
@@ -1082,6 +1231,7 @@ def fit(cfg, rank, world, device):
     """The training loop of one process; train() sets up the processes around it."""
     if rank == 0:
         check_writable(cfg.out_dir)
+    ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
@@ -1092,7 +1242,8 @@ def fit(cfg, rank, world, device):
         if cfg.base_path == "demo":
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
-        data = MelDataset(cfg, device)
+        ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
+        data = MelDataset(cfg, device, GanScale(**ckpt["gan_scale"]) if ckpt else None)
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -1116,9 +1267,10 @@ def fit(cfg, rank, world, device):
     fixed_noise = torch.randn(len(sample_labels), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
     history = {"step": [], "epoch": [], **{m: [] for m in METRICS}}
     running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
-    ckpt_path, epoch0, epoch_step0, step = os.path.join(cfg.out_dir, "checkpoint.pt"), 0, 0, 0
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, cfg, classes)
+    epoch0, epoch_step0, step = 0, 0, 0
+    if ckpt is not None:
+        if ckpt["classes"] != classes:
+            raise SystemExit(f"{ckpt_path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
         generator.load_state_dict(ckpt["generator"])
         critic.load_state_dict(ckpt["critic"])
         if generator_ema is not None:
@@ -1139,7 +1291,7 @@ def fit(cfg, rank, world, device):
     elif rank == 0:
         real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(classes))])
         real, _ = data.crops(real_idx)
-        plot_mels(from_gan(real, cfg.scaling).cpu(), classes,
+        plot_mels(data.scale.from_gan(real).cpu(), classes,
                   os.path.join(cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), cfg, "Real examples")
     if world > 1:
         generator, critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
@@ -1169,7 +1321,7 @@ def fit(cfg, rank, world, device):
                  "generator_ema": generator_ema.state_dict() if generator_ema is not None else {},
                  "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "scalers": [s.state_dict() for s in scalers],
                  "epoch": epoch_done, "epoch_step": epoch_step, "step": step, "config": dataclasses.asdict(cfg),
-                 "classes": classes, "history": history, "fixed_noise": fixed_noise.cpu(), "running": running.cpu(),
+                 "classes": classes, "gan_scale": data.scale.state(), "history": history, "fixed_noise": fixed_noise.cpu(), "running": running.cpu(),
                  "rng_cpu": torch.get_rng_state(),
                  "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}
         with atomic(ckpt_path) as tmp:
@@ -1177,19 +1329,23 @@ def fit(cfg, rank, world, device):
 
     def result(interrupted):
         return {"generator": unwrap(generator), "critic": unwrap(critic), "generator_ema": generator_ema,
-                "history": history, "classes": classes, "checkpoint": ckpt_path, "config": cfg,
+                "history": history, "steps": step, "classes": classes, "scale": data.scale, "checkpoint": ckpt_path,
+                "config": cfg,
                 "interrupted": interrupted}
 
+    deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     with stop_requests() as stop:
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
             t0, diverged, stopping = time.time(), False, False
             bar = tqdm(range(epoch_step0, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                        initial=epoch_step0, total=epoch_steps, disable=rank != 0)
             for epoch_step in bar:
-                losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype)
+                losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step)
                 if generator_ema is not None:  # warm-up: early on, the average must not remember the random start
                     ema_update(generator_ema, unwrap(generator), min(cfg.ema, (1 + step) / (10 + step)))
                 step += 1
+                if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
+                    stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
                 running += losses
                 first_bad = torch.where(~torch.isfinite(losses).all(), torch.clamp(first_bad, max=step), first_bad)
                 if world == 1:
@@ -1230,7 +1386,7 @@ def fit(cfg, rank, world, device):
                 sampler = generator_ema if generator_ema is not None else unwrap(generator)
                 if generator_ema is not None:
                     standing_stats(generator_ema, len(classes), cfg.latent_dim)
-                logmels = sample_logmels(sampler, fixed_noise, sample_labels, cfg)
+                logmels = sample_logmels(sampler, fixed_noise, sample_labels, data.scale)
                 wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
                 grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
                 write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg, wav_dir, grid_png, f"Epoch {epoch}")
@@ -1238,7 +1394,7 @@ def fit(cfg, rank, world, device):
                     plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
                     write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
                 if evaluator is not None and epoch % cfg.eval_every == 0:
-                    evaluator.evaluate(sampler, vocoder, epoch)
+                    evaluator.evaluate(sampler, data.scale, vocoder, epoch)
                 write_gallery(cfg, classes)
                 view = show_in_notebook(view, grid_png, [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes],
                                         f"Epoch {epoch}")
@@ -1252,19 +1408,19 @@ def fit(cfg, rank, world, device):
 
 
 def load_generator(cfg):
-    """(generator, checkpoint, cfg with the checkpoint's model sizes, device) for generate and evaluate modes."""
+    """(generator, checkpoint, cfg with the checkpoint's model sizes, its GanScale, device): generate and evaluate."""
     check_config(cfg)
     device = pick_device(cfg.device)
     ckpt = load_checkpoint(cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt"))
     saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
     generator, _ = build_models(saved, len(ckpt["classes"]))
     generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights when there are any
-    return generator.to(device), ckpt, saved, device
+    return generator.to(device), ckpt, saved, GanScale(**ckpt["gan_scale"]), device
 
 
 def generate(cfg):
     """Write n_generate wavs per class (or for generate_class) and a spectrogram plot from a checkpoint."""
-    generator, ckpt, saved, device = load_generator(cfg)
+    generator, ckpt, saved, scale, device = load_generator(cfg)
     classes = ckpt["classes"]
     if cfg.generate_class and cfg.generate_class not in classes:
         raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
@@ -1272,7 +1428,7 @@ def generate(cfg):
     labels = torch.tensor(chosen).repeat_interleave(cfg.n_generate).to(device)
     noise = torch.randn(len(labels), saved.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
     wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", "generated")
-    write_samples(sample_logmels(generator, noise, labels, saved), classes, labels.cpu(), load_vocoder(saved, device),
+    write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(), load_vocoder(saved, device),
                   saved, wav_dir, os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png"),
                   f"Generated (epoch {ckpt['epoch']})")
     print(f"Wrote {len(labels)} wav files to {wav_dir}")
@@ -1281,13 +1437,13 @@ def generate(cfg):
 
 def evaluate(cfg):
     """Score a checkpoint's generator (see Evaluator); the classifier trains on the checkpoint's dataset."""
-    generator, ckpt, saved, device = load_generator(cfg)
+    generator, ckpt, saved, scale, device = load_generator(cfg)
     if cfg.base_path == "demo":
         saved = dataclasses.replace(saved, base_path=ckpt["config"]["base_path"])
-    data = MelDataset(saved, device)
+    data = MelDataset(saved, device, scale)
     if data.classes != ckpt["classes"]:
         raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
-    return Evaluator(saved, data, device).evaluate(generator, load_vocoder(saved, device), ckpt["epoch"])
+    return Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
 
 
 def main(argv=None):

@@ -52,7 +52,8 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
     if loop == "ours":
         dtype = tag.amp_dtype(cfg, device)
         scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
-        step = lambda: tag.wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype)
+        counter = iter(range(10 ** 9))
+        step = lambda: tag.wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, next(counter))
         for _ in range(warmup):  # cudnn autotuning, the allocator's first growth
             step()
         sync(device)
@@ -72,7 +73,7 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
     else:
         _, files, _ = tag.discover(data_dir)
         mel = tag.MelSpectrogram(cfg)
-        floor = tag.to_gan(torch.tensor(tag.LOG_FLOOR), cfg.scaling).item()
+        floor = data.floor.view(-1, 1)  # the same scaling (its statistics) as ours
 
         class Files(torch.utils.data.Dataset):
             def __len__(self):
@@ -82,8 +83,8 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
                 path, label = files[i]
                 wav = torch.from_numpy(tag.load_audio(path, cfg.sample_rate))
                 with torch.no_grad():
-                    m = tag.to_gan(mel(wav[None])[0], cfg.scaling)
-                x = torch.full((cfg.n_mels, cfg.n_frames), floor)
+                    m = data.scale.to_gan(mel(wav[None])[0]).clamp(-1, 1)
+                x = floor.repeat(1, cfg.n_frames)
                 start = torch.randint(max(1, m.shape[1] - cfg.n_frames + 1), ()).item()
                 crop = m[:, start:start + cfg.n_frames]
                 x[:, :crop.shape[1]] = crop
@@ -106,7 +107,7 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
                 real, labels = real.to(device), labels.to(device)
                 with torch.no_grad():
                     fake = generator(torch.randn(B, cfg.latent_dim, device=device), labels)
-                wdist = critic(real, labels).mean() - critic(fake, labels).mean()
+                wdist = critic(real, labels)[0].mean() - critic(fake, labels)[0].mean()
                 gp = tag.gradient_penalty(critic, real, fake, labels)
                 loss_c = cfg.lambda_gp * gp - wdist
                 opt_c.zero_grad()
@@ -117,7 +118,7 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
             _, labels = next(it)
             data_time += time.perf_counter() - t
             labels = labels.to(device)
-            loss_g = -critic(generator(torch.randn(B, cfg.latent_dim, device=device), labels), labels).mean()
+            loss_g = -critic(generator(torch.randn(B, cfg.latent_dim, device=device), labels), labels)[0].mean()
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()

@@ -44,7 +44,7 @@ def test_dataset_tensor_labels_and_counts(tiny_dataset, tmp_path):
 def test_short_clips_pad_with_silence_long_clips_crop(tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_dataset, tmp_path / "out", n_frames=32)
     data = tag.MelDataset(cfg, torch.device("cpu"))
-    floor = tag.to_gan(torch.tensor(math.log(1e-5)), cfg.scaling).item()
+    floor = data.floor.view(80, 1)
     short = int(torch.argmin(data.lengths))
     n = int(data.lengths[short])
     assert n < 32

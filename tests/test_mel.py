@@ -76,16 +76,39 @@ def test_load_audio_rejects_unusable(tmp_path):
         tag.load_audio(str(junk), 22050)
 
 
-@pytest.mark.parametrize("scaling", ["affine", "log1p"])
-def test_gan_scaling_round_trip(scaling):
-    logmel = torch.linspace(math.log(1e-5), 2.4, 1000)
-    back = tag.from_gan(tag.to_gan(logmel, scaling), scaling)
-    assert torch.allclose(back, logmel, atol=1e-4)
-    floor = tag.to_gan(torch.tensor(math.log(1e-5)), scaling)
-    assert torch.allclose(tag.from_gan(floor, scaling), torch.tensor(math.log(1e-5)))
+@pytest.mark.parametrize("kind", ["per_bin", "affine", "log1p"])
+def test_gan_scaling_round_trip(kind):
+    torch.manual_seed(0)
+    frames = math.log(1e-5) + 13 * torch.rand(80, 500)  # (n_mels, N) training log-mels, for the per-bin statistics
+    frames[70:] = math.log(1e-5)  # bins that are always silent (8 kHz audio above 4 kHz): their std is floored
+    scale = tag.GanScale.fit(kind, frames)
+    logmel = math.log(1e-5) + 14 * torch.rand(3, 80, 40)  # (B, n_mels, T), beyond the data's range too
+    assert torch.allclose(scale.from_gan(scale.to_gan(logmel)), logmel, atol=1e-4)
+    floor = scale.to_gan(torch.full((80, 1), math.log(1e-5)))
+    assert torch.allclose(scale.from_gan(floor), torch.full((80, 1), math.log(1e-5)), atol=1e-5)
+    again = tag.GanScale(**scale.state())  # what a checkpoint holds is enough to rebuild the map
+    assert torch.equal(again.from_gan(scale.to_gan(logmel)), scale.from_gan(scale.to_gan(logmel)))
+
+
+def test_per_bin_scaling_normalises_each_bin():
+    torch.manual_seed(0)
+    frames = torch.randn(4, 10000) * torch.tensor([[0.6], [1.0], [2.0], [3.0]]) + torch.tensor([[-9.], [-5.], [-3.], [0.]])
+    x = tag.GanScale.fit("per_bin", frames).to_gan(frames)
+    assert torch.allclose(x.mean(1), torch.zeros(4), atol=1e-3)
+    assert torch.allclose(x.std(1), torch.full((4,), 1 / 3), atol=1e-3)  # 3 standard deviations = 1: tanh's range
+
+
+def test_dataset_clips_per_bin_values_to_tanh_range(tiny_dataset, tmp_path):
+    from conftest import tiny_config
+    data = tag.MelDataset(tiny_config(tiny_dataset, tmp_path / "out", scaling="per_bin"), torch.device("cpu"))
+    assert data.frames.abs().max() <= 1
+    raw = torch.load(next((tmp_path / "out" / "mel_cache").glob("*.pt")), weights_only=True)["frames"]
+    inside = data.scale.to_gan(raw).abs() < 1
+    assert torch.allclose(data.scale.from_gan(data.frames)[inside], raw[inside], atol=1e-4)  # lossless inside 3 std
+    assert inside.float().mean() > 0.9
 
 
 def test_affine_scaling_fits_tanh_range():
     # Silence maps to -1 exactly, and a loud peak-normalised log-mel (about 2.1) still fits under tanh's +1.
-    assert tag.to_gan(torch.tensor(math.log(1e-5)), "affine").item() == pytest.approx(-1.0)
-    assert tag.to_gan(torch.tensor(2.1), "affine").item() < 1.0
+    assert tag.GanScale("affine").to_gan(torch.tensor(math.log(1e-5))).item() == pytest.approx(-1.0)
+    assert tag.GanScale("affine").to_gan(torch.tensor(2.1)).item() < 1.0

@@ -6,35 +6,100 @@ import torch.nn as nn
 from conftest import tag
 
 
+ARCHS = ["conv2d", "conv1d", "seed"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("n_mels,n_frames", [(80, 64), (32, 128), (80, 512), (16, 16)])
-def test_shapes(n_mels, n_frames):
-    g = tag.Generator(latent_dim=10, n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4, embed_dim=5)
-    labels = torch.tensor([0, 1, 2])
-    x = g(torch.randn(3, 10), labels)
-    assert x.shape == (3, 1, n_mels, n_frames)
+def test_shapes(n_mels, n_frames, arch):
+    g = tag.Generator(latent_dim=10, n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4, embed_dim=5, arch=arch)
+    labels = torch.tensor([0, 1, 2, 0])
+    x = g(torch.randn(4, 10), labels)
+    assert x.shape == (4, 1, n_mels, n_frames)
     for conditioning in ("concat", "projection"):
-        c = tag.Critic(n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4, conditioning=conditioning)
-        assert c(x, labels).shape == (3,)
+        for mbstd in (False, True):
+            c = tag.Critic(3, n_mels, n_frames, channels=4, conditioning=conditioning, mbstd=mbstd)
+            score, logits = c(x, labels)
+            assert score.shape == (4,) and logits.shape == (4, 3)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("out_act,check", [("tanh", lambda x: x.abs().max() <= 1), ("relu", lambda x: x.min() >= 0)])
-def test_output_activation(out_act, check):
-    g = tag.Generator(10, 2, 16, 16, channels=4, out_act=out_act)
+def test_output_activation(out_act, check, arch):
+    g = tag.Generator(10, 2, 16, 16, channels=4, arch=arch, out_act=out_act)
     assert check(g(torch.randn(8, 10), torch.randint(2, (8,))))
 
 
 @pytest.mark.parametrize("conditioning", ["concat", "projection"])
-def test_label_changes_outputs(conditioning):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_label_changes_outputs(conditioning, arch):
     torch.manual_seed(0)
-    g = tag.Generator(10, 3, 16, 32, channels=4).eval()
+    g = tag.Generator(10, 3, 16, 32, channels=4, arch=arch).eval()
     c = tag.Critic(3, 16, 32, channels=4, conditioning=conditioning)
     z = torch.randn(1, 10).repeat(2, 1)
     labels = torch.tensor([0, 2])
     x = g(z, labels)
     assert not torch.allclose(x[0], x[1])
     mel = torch.randn(1, 1, 16, 32).repeat(2, 1, 1, 1)
-    s = c(mel, labels)
-    assert not torch.allclose(s[0], s[1])
+    score, _ = c(mel, labels)
+    assert not torch.allclose(score[0], score[1])
+
+
+@pytest.mark.parametrize("arch", ["conv2d", "conv1d"])
+def test_conditional_batchnorm_carries_the_label(arch):
+    # With the label embedding beside z silenced, only class-conditional BatchNorm can tell the classes apart.
+    torch.manual_seed(0)
+    outputs = {}
+    for cond in ("cbn", "concat"):
+        g = tag.Generator(10, 3, 16, 32, channels=4, arch=arch, cond=cond).eval()
+        with torch.no_grad():
+            g.embed.weight.zero_()
+            for m in g.modules():
+                if isinstance(m, tag.CondBatchNorm) and m.gain is not None:
+                    m.gain.weight.normal_(1, 0.5)
+                    m.bias.weight.normal_(0, 0.5)
+        outputs[cond] = g(torch.randn(1, 10).repeat(2, 1), torch.tensor([0, 2]))
+    assert not torch.allclose(outputs["cbn"][0], outputs["cbn"][1])
+    assert torch.allclose(outputs["concat"][0], outputs["concat"][1])
+
+
+def test_seed_arch_is_the_original_design():
+    g = tag.Generator(10, 3, 16, 16, channels=4, arch="seed", cond="cbn")
+    kinds = {type(m) for m in g.modules()}
+    assert nn.ConvTranspose2d in kinds and nn.Upsample not in kinds
+    assert all(m.gain is None for m in g.modules() if isinstance(m, tag.CondBatchNorm))  # no class-conditional BN
+    cfg = tag.parse_config(["--arch", "seed", "--base_path", "x"])
+    assert (cfg.scaling, cfg.critic_cond, cfg.aux_weight, cfg.ema, cfg.augment) == ("log1p", "concat", 0.0, 0.0, False)
+    assert tag.parse_config(["--arch", "seed", "--base_path", "x", "--ema", "0.9"]).ema == 0.9  # flags still win
+
+
+def test_minibatch_std_keeps_real_and_fake_groups_apart():
+    h = torch.randn(8, 3, 2, 2)
+    out = tag.minibatch_std(h, group=4)
+    assert out.shape == (8, 4, 2, 2)
+    changed = h.clone()
+    changed[4:] *= 10  # only the second half (the fakes of a real+fake batch) changes...
+    again = tag.minibatch_std(changed, group=4)
+    assert torch.equal(again[:4, 3], out[:4, 3])  # ...and the first half's feature does not move
+    assert not torch.allclose(again[4:, 3], out[4:, 3])
+
+
+def test_augment_shifts_and_cuts_time_only():
+    torch.manual_seed(0)
+    B, M, T = 16, 8, 32
+    x = torch.randn(B, 1, M, T)
+    floor = torch.linspace(-1, -0.5, M).view(M, 1, 1)  # a per-bin silence level, as "per_bin" scaling has
+    y = tag.augment(x, floor)
+    assert y.shape == x.shape and not torch.equal(y, x)
+    for b in range(B):
+        for t in range(T):  # every output frame is silence or an input frame of the same clip: nothing moves in pitch
+            frame = y[b, 0, :, t]
+            assert torch.equal(frame, floor.view(M)) or any(torch.equal(frame, x[b, 0, :, s]) for s in range(T))
+    silent = (y[:, 0] == floor.view(1, M, 1)).all(1).sum(1)  # silent frames per clip: the cutout, plus the shift
+    assert (silent >= T // 4).all()
+    x.requires_grad_(True)
+    tag.augment(x, floor).sum().backward()  # differentiable: the generator learns through it
+    assert x.grad.abs().sum() > 0
 
 
 def test_config_rejects_sizes_the_models_cannot_take():
@@ -42,6 +107,10 @@ def test_config_rejects_sizes_the_models_cannot_take():
         tag.check_config(tag.Config(n_frames=100))
     with pytest.raises(SystemExit, match="scaling"):
         tag.check_config(tag.Config(scaling="db"))
+    with pytest.raises(SystemExit, match="arch"):
+        tag.check_config(tag.Config(arch="transformer"))
+    with pytest.raises(SystemExit, match="gp_every=0"):
+        tag.check_config(tag.Config(gp_every=0))
     with pytest.raises(SystemExit, match="batch_size=1 is too small"):  # BatchNorm would fail mid-training
         tag.check_config(tag.Config(batch_size=1))
 
@@ -55,7 +124,7 @@ class LinearCritic(nn.Module):
         self.b = nn.Parameter(torch.randn(()))
 
     def forward(self, x, labels):
-        return (x * self.w).flatten(1).sum(1) + self.b
+        return (x * self.w).flatten(1).sum(1) + self.b, None
 
 
 def test_gradient_penalty_exact_on_linear_critic():
@@ -79,7 +148,7 @@ def test_gradient_penalty_draws_one_eps_per_sample(monkeypatch):
 def test_gradient_penalty_interpolates_with_fresh_eps():
     # A critic that is quadratic in x has an input gradient that depends on where it is evaluated, so the penalty
     # changes with eps: two calls from different RNG states give different values.
-    critic = lambda x, labels: (x ** 2).flatten(1).sum(1)
+    critic = lambda x, labels: ((x ** 2).flatten(1).sum(1), None)
     real, fake = torch.ones(4, 1, 4, 4), -torch.ones(4, 1, 4, 4)
     torch.manual_seed(1)
     a = tag.gradient_penalty(critic, real, fake, None)
@@ -101,3 +170,67 @@ def test_standing_stats_fit_batchnorm_to_averaged_weights():
     bn = g.fc[1]
     assert torch.allclose(bn.running_mean, pre_bn.mean(0), atol=1e-5)
     assert bn.momentum == 0.1 and not g.training  # the module is left as it was found
+
+
+class FakeData:
+    """What wgan_step reads from MelDataset: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
+
+    def __init__(self):
+        self.labels_d, self.floor = torch.arange(12) % 3, torch.full((16, 1, 1), -1.0)
+        self.mels = torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1  # the same each time
+
+    def sample(self, n):
+        return torch.randint(12, (n,))
+
+    def crops(self, idx):
+        return self.mels[idx], self.labels_d[idx]
+
+
+def step_setup(**kw):
+    torch.manual_seed(0)
+    cfg = tag.Config(n_mels=16, n_frames=16, latent_dim=8, embed_dim=4, g_channels=4, d_channels=4, batch_size=4,
+                     **{"n_critic": 1, **kw})
+    generator, critic = tag.build_models(cfg, 3)
+    opt_g, opt_c = (torch.optim.Adam(m.parameters(), 1e-3) for m in (generator, critic))
+    scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
+    return lambda step=0: tag.wgan_step(generator, critic, opt_g, opt_c, scalers, FakeData(), cfg, None, step), critic
+
+
+@pytest.mark.parametrize("aux_weight", [0.0, 1.0])
+def test_auxiliary_classifier_loss_trains_the_critic_head(aux_weight):
+    step, critic = step_setup(aux_weight=aux_weight)
+    before = critic.classify.weight.clone()
+    step()
+    moved = not torch.equal(critic.classify.weight, before)
+    assert moved == (aux_weight > 0)  # the head learns from the classification loss only
+
+
+def test_lazy_penalty_every_k_steps_weighted_k_times(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tag, "gradient_penalty", lambda *a: calls.append(1) or torch.tensor(0.5, requires_grad=True))
+    step, _ = step_setup(gp_every=3, lambda_gp=10.0)
+    for s in range(6):
+        loss_c, _, wdist, gp = step(s)
+        penalised = s % 3 == 0
+        assert gp.item() == (0.5 if penalised else 0.0)
+        # loss/critic = -wdist + gp_every * lambda_gp * gp on the penalised steps, -wdist on the others
+        assert loss_c.item() == pytest.approx(-wdist.item() + (3 * 10.0 * 0.5 if penalised else 0.0), abs=1e-5)
+    assert len(calls) == 2
+
+
+def test_augment_applies_to_real_and_fake_alike(monkeypatch):
+    seen, real_augment, mels = [], tag.augment, FakeData().mels
+
+    def spy(x, floor):
+        is_real = all(any(torch.equal(row, m) for m in mels) for row in x)
+        seen.append("real" if is_real else "fake" + ("+grad" if x.requires_grad else ""))
+        return real_augment(x, floor)
+
+    monkeypatch.setattr(tag, "augment", spy)
+    step, _ = step_setup(augment=True, n_critic=2)
+    step()
+    # each critic step sees an augmented real batch and an augmented fake batch; the generator step, augmented fakes
+    assert seen == ["real", "fake", "real", "fake", "fake+grad"]
+    seen.clear()
+    step_setup(augment=False)[0]()
+    assert seen == []

@@ -30,10 +30,10 @@ def test_gradient_penalty_runs_in_fp32_under_autocast():
     seen = []
     critic = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(1))
     critic[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    wrapped = lambda x, labels: critic(x).squeeze(1)
+    wrapped = lambda x, labels: (critic(x).squeeze(1), None)
     real, fake = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        wrapped(real, None)  # outside the penalty autocast applies...
+        wrapped(real, None)[0]  # outside the penalty autocast applies...
         gp = tag.gradient_penalty(wrapped, real, fake, None)
     assert seen == [torch.bfloat16, torch.float32]  # ...inside it does not
     assert gp.dtype == torch.float32
@@ -96,8 +96,9 @@ torch.manual_seed(100 + rank)  # each rank its own batch
 real, fake, labels = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16), torch.randint(3, (4,))
 for model in (ddp, local):
     torch.manual_seed(7 + rank)  # the same interpolation weights for both computations
-    scores = model(torch.cat([real, fake]), torch.cat([labels, labels]))
-    loss = 10 * tag.gradient_penalty(model, real, fake, labels) - (scores[:4].mean() - scores[4:].mean())
+    scores, logits = model(torch.cat([real, fake]), torch.cat([labels, labels]))
+    loss = 10 * tag.gradient_penalty(model, real, fake, labels) - (scores[:4].mean() - scores[4:].mean()) \
+        + torch.nn.functional.cross_entropy(logits[:4], labels)  # the auxiliary classifier's term
     loss.backward()
 own = torch.cat([p.grad.flatten() for p in local.parameters()])
 mean = own.clone()

@@ -33,6 +33,7 @@ def test_one_epoch_writes_every_output(tiny_dataset, tmp_path):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)  # plain data only: loads without pickle
     assert ckpt["epoch"] == 1 and ckpt["step"] == 3 and ckpt["classes"] == classes
     assert {"generator", "critic", "opt_g", "opt_c", "config", "rng_cpu", "history", "fixed_noise"} <= set(ckpt)
+    assert ckpt["gan_scale"] == {"kind": "affine", "mean": None, "std": None}  # the map generate mode inverts
     assert ckpt["opt_c"]["state"], "optimiser state must be saved, not just parameters"
     assert not [p for p in out.rglob("*.tmp*")], "no temporary files left behind"
 
@@ -123,3 +124,15 @@ def test_readme_documents_every_flag():
     readme = open(os.path.join(os.path.dirname(SCRIPT), "README.md")).read()
     missing = [name for name in tag.Config.__dataclass_fields__ if f"`--{name}`" not in readme]
     assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_max_minutes_stops_with_a_checkpoint_that_resumes(tiny_dataset, tmp_path, capsys):
+    cfg = tiny_config(tiny_dataset, tmp_path / "run", epochs=2, max_minutes=1e-6, scaling="per_bin")  # 1 step
+    result = tag.train(cfg)
+    assert result["interrupted"] and result["steps"] == 1
+    assert "1e-06-minute budget (--max_minutes)" in capsys.readouterr().out
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["epoch_step"], ckpt["step"]) == (0, 1, 1)
+    assert torch.equal(ckpt["gan_scale"]["std"], result["scale"].std)  # per-bin statistics travel with the model
+    resumed = tag.train(dataclasses.replace(cfg, max_minutes=0.0, resume=True))
+    assert not resumed["interrupted"] and resumed["steps"] == 6
