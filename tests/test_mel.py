@@ -92,7 +92,8 @@ def test_gan_scaling_round_trip(kind):
 
 def test_per_bin_scaling_normalises_each_bin():
     torch.manual_seed(0)
-    frames = torch.randn(4, 10000) * torch.tensor([[0.6], [1.0], [2.0], [3.0]]) + torch.tensor([[-9.], [-5.], [-3.], [0.]])
+    spread, centre = torch.tensor([[0.6], [1.0], [2.0], [3.0]]), torch.tensor([[-9.0], [-5.0], [-3.0], [0.0]])
+    frames = torch.randn(4, 10000) * spread + centre
     x = tag.GanScale.fit("per_bin", frames).to_gan(frames)
     assert torch.allclose(x.mean(1), torch.zeros(4), atol=1e-3)
     assert torch.allclose(x.std(1), torch.full((4,), 1 / 3), atol=1e-3)  # 3 standard deviations = 1: tanh's range
