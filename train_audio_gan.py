@@ -828,9 +828,15 @@ def load_checkpoint(path, cfg=None, classes=None):
                 if ckpt["config"].get(k) != getattr(cfg, k)]
         if diff:
             raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
-    if classes is not None and ckpt["classes"] != classes:
-        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
+    if classes is not None:
+        check_classes(ckpt, classes, path)
     return ckpt
+
+
+def check_classes(ckpt, classes, path):
+    """Refuse a checkpoint trained on other classes than this dataset's."""
+    if ckpt["classes"] != classes:
+        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
 
 
 def sample_logmels(generator, noise, labels, scale):
@@ -1271,8 +1277,7 @@ def fit(cfg, rank, world, device):
     running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
     epoch0, epoch_step0, step = 0, 0, 0
     if ckpt is not None:
-        if ckpt["classes"] != classes:
-            raise SystemExit(f"{ckpt_path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
+        check_classes(ckpt, classes, ckpt_path)  # known only now: the checkpoint was read before the data
         generator.load_state_dict(ckpt["generator"])
         critic.load_state_dict(ckpt["critic"])
         if generator_ema is not None:
