@@ -109,9 +109,9 @@ class Config:
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
 
 
-# A CPU-sized preset for the synthetic demo: 7 epochs of about 35 s on 2 slow cores (10 took 6.0 min; the four
-# classes are clearly apart by epoch 7). Flags given explicitly still win.
-DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=7, epoch_steps=60)
+# A CPU-sized preset for the synthetic demo, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"):
+# 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
+DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=4, epoch_steps=60, lr=4e-4)
 # --arch seed is the original design, trained plainly, kept for comparison: these fill the fields you do not set.
 SEED_PRESET = dict(scaling="log1p", critic_cond="concat", g_cond="concat", mbstd=False, aux_weight=0.0, augment=False,
                    gp_every=1, ema=0.0, lr=2e-4, beta1=0.5, beta2=0.999, n_critic=5)
