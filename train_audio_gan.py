@@ -87,7 +87,8 @@ class Config:
     seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise")
     deterministic: bool = arg(False, "use deterministic algorithms (slower on GPU)")
     device: str = arg("auto", '"auto" (cuda if available), "cuda", "cuda:1" or "cpu"')
-    amp: str = arg("auto", '"auto" (bf16 on GPUs that have it, else fp16; off on CPU), "bf16", "fp16" or "off"')
+    amp: str = arg("auto", '"auto" (bf16 on GPUs of compute capability 8.0+, fp16 on older ones; off on CPU), "bf16", '
+                   '"fp16" or "off"')
     # outputs
     samples_per_class: int = arg(2, "fixed-noise samples vocoded per class after every epoch")
     log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)")
@@ -124,6 +125,7 @@ CHOICES = {"scaling": ("per_bin", "affine", "log1p"), "arch": ("conv2d", "conv1d
            "mode": ("train", "generate", "evaluate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
+MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
 EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
@@ -340,7 +342,8 @@ def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0
 
 
 class MelDataset:
-    """Every clip's log-mel in one (n_mels, total_frames) tensor on the device; batches are random crops."""
+    """Every clip's log-mel in one fp16 (n_mels, total_frames) tensor, on the device when it fits (place); batches are
+    random crops, returned in fp32 on the device."""
 
     def __init__(self, cfg, device, scale=None):
         self.classes, files, unlisted = discover(cfg.base_path)
@@ -378,13 +381,12 @@ class MelDataset:
         frames = self.scale.to_gan(data["frames"])  # (n_mels, total_frames)
         if cfg.scaling == "per_bin":
             frames = frames.clamp(-1, 1)
-        if device.type == "cuda" and frames.nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
-            device = torch.device("cpu")  # too big for the GPU: crops are gathered on the host and copied
-        self.frames, self.offsets = frames.to(device), offsets.to(device)
-        self.lengths_d, self.labels_d = self.lengths.to(device), self.labels.to(device)
-        self.shard = torch.arange(len(self.labels), device=device)  # under DDP each rank keeps every world-th clip
+        # fp16 halves the memory; its rounding moves a log-mel by about 0.002 nats (README), far below hearing.
+        self.frames, self.offsets, self.lengths_d, self.labels_d = frames.half(), offsets, self.lengths, self.labels
+        self.shard = torch.arange(len(self.labels))  # under DDP each rank keeps every world-th clip
         silence = self.scale.to_gan(torch.full((cfg.n_mels, 1), LOG_FLOOR))
-        self.n_frames, self.floor = cfg.n_frames, silence.clamp(min=-1).view(-1, 1, 1).to(device)  # (n_mels, 1, 1)
+        self.n_frames, self.floor = cfg.n_frames, silence.clamp(min=-1).view(-1, 1, 1)  # (n_mels, 1, 1)
+        self.device = torch.device("cpu")
         median = int(self.lengths.median()) if len(self.lengths) else 0
         if median < cfg.n_frames // 2:
             print(f"Note: the median clip has {median} frames but n_frames={cfg.n_frames}: most of every example is "
@@ -396,6 +398,20 @@ class MelDataset:
         if empty:
             raise SystemExit(f"Class folder(s) {empty} under {cfg.base_path!r} have no usable audio (see the skipped "
                              f"files above); add audio files or remove the folder(s).")
+        self.place(device)
+
+    def place(self, device):
+        """Batches go to device. The clips stay there if they take at most half of its free memory, else in host
+        memory, whose crops are copied over from pinned memory. train() calls this once the models, optimisers and
+        vocoder hold their memory, so the choice sees them; the other half is for Adam's moments and activations."""
+        home = device
+        if device.type == "cuda" and self.frames.nbytes > 0.5 * torch.cuda.mem_get_info(device)[0]:
+            home = torch.device("cpu")
+            print(f"The dataset ({self.frames.nbytes / 2 ** 30:.2f} GiB) stays in host memory; batches are copied.")
+        self.device = device
+        for name in ("frames", "offsets", "lengths_d", "labels_d", "shard", "floor"):
+            setattr(self, name, getattr(self, name).to(home))
+        return self
 
     @staticmethod
     def build(cfg, files, key):
@@ -421,14 +437,20 @@ class MelDataset:
         return len(self.lengths)
 
     def sample(self, n):
-        """n random clip indices from this rank's shard, drawn on the data's device (no host sync)."""
+        """n random clip indices from this rank's shard, drawn where the clips are (no host sync)."""
         return self.shard[torch.randint(len(self.shard), (n,), device=self.shard.device)]
 
+    def to_device(self, t):
+        """t on the batches' device; from host memory through a pinned buffer, so the copy does not block the host."""
+        if t.device == self.device:
+            return t
+        return (t.pin_memory() if self.device.type == "cuda" else t).to(self.device, non_blocking=True)
+
     def crops(self, idx):
-        """Clips idx as (B, 1, n_mels, n_frames) in GAN scaling, with their labels (B,)."""
-        idx = idx.to(self.lengths_d.device)
+        """Clips idx as (B, 1, n_mels, n_frames) fp32 in GAN scaling, with their labels (B,), on the batches' device."""
+        idx = idx.to(self.frames.device)
         x = random_crops(self.frames, self.offsets[idx], self.lengths_d[idx], self.n_frames, self.floor)
-        return x, self.labels_d[idx]
+        return self.to_device(x).float(), self.to_device(self.labels_d[idx])  # copied in fp16: half the traffic
 
     def logmels(self, idx):
         """Clips idx as HiFi-GAN log-mel (B, n_mels, n_frames), one random crop each."""
@@ -442,6 +464,7 @@ def random_crops(frames, offsets, lengths, n_frames, floor):
     start = (torch.rand(len(lengths), 1, device=frames.device) * (length - n_frames + 1).clamp(min=1)).long()
     pos = start + torch.arange(n_frames, device=frames.device)  # (B, n_frames)
     x = frames[:, offsets[:, None] + torch.minimum(pos, length - 1)]  # (n_mels, B, n_frames): one gather
+    floor = torch.as_tensor(floor, dtype=x.dtype, device=x.device)  # in the clips' dtype: fp16 crops stay fp16
     return torch.where(pos < length, x, floor).permute(1, 0, 2).unsqueeze(1)
 
 
@@ -591,10 +614,9 @@ def build_models(cfg, n_classes):
 @torch.no_grad()
 def ema_update(ema, model, decay):
     """ema <- decay * ema + (1 - decay) * model; BatchNorm statistics are copied (standing_stats re-estimates them)."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p, 1 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+    # One fused call per list, not a Python loop that launches a kernel per tensor on every step.
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 @torch.no_grad()
@@ -734,11 +756,26 @@ def griffin_lim(logmel, cfg, n_iter=32):
     return 0.95 * wav / wav.abs().amax(dim=1, keepdim=True).clamp(min=1e-8)
 
 
+def chunked(fn, x, size, fill):
+    """fn over x in batches of exactly `size`, the last padded with `fill` and its padding's outputs dropped.
+
+    With cudnn.benchmark on, every new input shape is autotuned (HiFi-GAN's long ConvTranspose1d asks for large
+    workspaces): one shape is tuned once. fn must treat batch items independently (no batch statistics)."""
+    n, pad = len(x), -len(x) % size
+    if pad:
+        x = torch.cat([x, x.new_full((pad, *x.shape[1:]), fill)])
+    outs = [fn(c) for c in x.split(size)]
+    if isinstance(outs[0], tuple):
+        return tuple(torch.cat(o)[:n] for o in zip(*outs))
+    return torch.cat(outs)[:n]
+
+
 @torch.no_grad()
 def vocode(logmel, vocoder, cfg):
     """HiFi-GAN log-mel (B, n_mels, T) -> float waveforms (B, T * hop) on the CPU, vocoder_batch at a time."""
-    outs = [vocoder(m) if vocoder is not None else griffin_lim(m, cfg) for m in logmel.split(cfg.vocoder_batch)]
-    return torch.cat(outs).clamp(-1, 1).float().cpu()
+    wav = chunked(lambda m: vocoder(m) if vocoder is not None else griffin_lim(m, cfg), logmel, cfg.vocoder_batch,
+                  LOG_FLOOR)  # padded with silence
+    return wav.clamp(-1, 1).float().cpu()
 
 
 # ---------------------------------------------------------------- outputs: wavs, plots, losses, gallery, checkpoints
@@ -998,7 +1035,7 @@ class Evaluator:
     def __init__(self, cfg, data, device):
         self.cfg, self.device, self.classes = cfg, device, data.classes
         if cfg.eval_path:
-            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), device, data.scale)
+            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
             if held.classes != data.classes:
                 raise SystemExit(f"eval_path classes {held.classes} differ from the training classes {data.classes}.")
             train_idx, held_data, held_idx = torch.arange(len(data)), held, torch.arange(len(held))
@@ -1042,9 +1079,9 @@ class Evaluator:
             opt.step()
 
     @torch.no_grad()
-    def classify(self, logmel, chunk=256):
-        out = [self.model(m) for m in logmel.split(chunk)]
-        return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+    def classify(self, logmel, chunk=64):
+        """(logits, embeddings) in chunks of the classifier's training batch: one input shape in all."""
+        return chunked(self.model, logmel, chunk, LOG_FLOOR)
 
     def score(self, logmel, labels, vocoder):
         """Metrics of generated log-mels (N, n_mels, T) whose intended classes are labels (N,); vocoder None = G-L."""
@@ -1143,11 +1180,51 @@ def pick_device(name):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
+def ampere(device):
+    """Whether device is a CUDA GPU of compute capability 8.0 or newer: native bf16 and TF32 units."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def amp_dtype(cfg, device):
-    """The autocast dtype, or None for fp32."""
-    if cfg.amp == "auto":
-        return None if device.type != "cuda" else torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The autocast dtype, or None for fp32. auto: bf16 on sm80+, fp16 (with a gradient scaler) on older GPUs."""
+    if cfg.amp == "auto":  # not torch.cuda.is_bf16_supported(): it counts emulation and asks the current device
+        return None if device.type != "cuda" else torch.bfloat16 if ampere(device) else torch.float16
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+@contextlib.contextmanager
+def process_state(cfg, device):
+    """Set the process-wide switches a run needs, and put every one back afterwards (RNG states included): a notebook
+    that trains twice, or runs anything else next, inherits nothing from this run."""
+    cudnn, env = torch.backends.cudnn, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if cfg.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
+            torch.use_deterministic_algorithms(cfg.deterministic)
+            # Autotuning picks the fastest algorithm per shape, deterministic or not; the shapes are fixed (chunked).
+            cudnn.deterministic, cudnn.benchmark = cfg.deterministic, not cfg.deterministic
+            if ampere(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
+                torch.set_float32_matmul_precision("high")
+                cudnn.allow_tf32 = True
+            yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
+        torch.set_float32_matmul_precision(saved[3])
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+
+
+# Any collective of a training process waits at most STEP_TIMEOUT for the others: the longest wait is the other
+# ranks' while rank 0 writes an epoch's samples, evaluation and checkpoint (minutes). A rank that hangs then ends the
+# run with a timeout error instead of holding every GPU forever. Only the start, where rank 0 alone builds the mel
+# cache and the evaluator's classifier (hours for a large dataset), has a longer limit (rank_zero_first).
+STEP_TIMEOUT, STARTUP_TIMEOUT = datetime.timedelta(minutes=30), datetime.timedelta(hours=6)
 
 
 def setup_distributed(cfg):
@@ -1158,23 +1235,49 @@ def setup_distributed(cfg):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():  # rank 0 alone builds the mel cache and the evaluator: far longer than 10 minutes
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
     return dist.get_rank(), dist.get_world_size(), device
 
 
 @contextlib.contextmanager
 def rank_zero_first(rank, world):
-    """Rank 0 runs the block (writing demo data, the mel cache) before the other ranks read what it wrote."""
-    if world > 1 and rank:
-        dist.barrier()
+    """Rank 0 runs the block (writing demo data, the mel cache, the evaluator's classifier) before the other ranks
+    read what it wrote. They wait at a host-side (gloo) barrier allowed STARTUP_TIMEOUT, not at a spinning GPU one."""
+    if world == 1:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
+    if rank:
+        dist.barrier(group)
     yield
-    if world > 1 and not rank:
-        dist.barrier()
+    if not rank:
+        dist.barrier(group)
+    dist.destroy_process_group(group)
 
 
 def unwrap(model):
     return model.module if isinstance(model, DDP) else model
+
+
+def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
+    """(loss, wdist, gp or None) of one critic step: -wdist + aux_weight * the classification loss of the real clips,
+    + gp_every * lambda_gp * the gradient penalty when penalise.
+
+    Real and fake go through the (DDP) critic in one forward; the penalty calls the unwrapped module. So DDP sees one
+    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
+    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
+    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
+    B = len(labels)
+    with torch.autocast(real.device.type, dtype=dtype, enabled=dtype is not None):  # one DDP call, larger kernels
+        scores, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
+    wdist = scores[:B].float().mean() - scores[B:].float().mean()
+    loss = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
+    if not penalise:
+        return loss, wdist, None
+    gp = gradient_penalty(unwrap(critic), real, fake, labels)
+    return loss + cfg.gp_every * cfg.lambda_gp * gp, wdist, gp
 
 
 def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
@@ -1189,18 +1292,13 @@ def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
     view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
     gps = []
     for i in range(cfg.n_critic):
-        idx = data.sample(B)
-        real, labels = (t.to(device, non_blocking=True) for t in data.crops(idx))
+        real, labels = data.crops(data.sample(B))
         with torch.no_grad(), amp():
             fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
-        real, fake = view(real), view(fake)
-        with amp():  # real and fake in one forward: one DDP call, larger kernels
-            scores, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
-        wdist = scores[:B].float().mean() - scores[B:].float().mean()
-        loss_c = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
-        if (step * cfg.n_critic + i) % cfg.gp_every == 0:  # lazy regularisation: the penalty's double backward is dear
-            gps.append(gradient_penalty(critic, real, fake, labels))
-            loss_c = loss_c + cfg.gp_every * cfg.lambda_gp * gps[-1]
+        # lazy regularisation: the penalty's double backward is dear
+        loss_c, wdist, gp = critic_loss(critic, view(real), view(fake), labels, cfg, dtype,
+                                        (step * cfg.n_critic + i) % cfg.gp_every == 0)
+        gps += [gp] if gp is not None else []
         opt_c.zero_grad(set_to_none=True)
         scalers[1].scale(loss_c).backward()
         scalers[1].step(opt_c)
@@ -1224,8 +1322,11 @@ def train(cfg):
     check_config(cfg)
     rank, world, device = setup_distributed(cfg)
     try:
-        with contextlib.redirect_stdout(open(os.devnull, "w")) if rank else contextlib.nullcontext():
-            result = fit(cfg, rank, world, device)  # only rank 0 prints and writes
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(process_state(cfg, device))
+            if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            result = fit(cfg, rank, world, device)
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
             dist.barrier()
@@ -1241,17 +1342,12 @@ def fit(cfg, rank, world, device):
         check_writable(cfg.out_dir)
     ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
-        torch.use_deterministic_algorithms(True)
-    else:
-        torch.backends.cudnn.benchmark = True
     with rank_zero_first(rank, world):
         if cfg.base_path == "demo":
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
         ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
-        data = MelDataset(cfg, device, GanScale(**ckpt["gan_scale"]) if ckpt else None)
+        data = MelDataset(cfg, torch.device("cpu"), GanScale(**ckpt["gan_scale"]) if ckpt else None)  # placed below
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -1266,6 +1362,8 @@ def fit(cfg, rank, world, device):
     opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
     dtype = amp_dtype(cfg, device)
     scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
+    vocoder = load_vocoder(cfg, device) if rank == 0 else None
+    data.place(device)  # now that the models, optimisers and vocoder hold their memory
     print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
           f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
           f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
@@ -1303,10 +1401,12 @@ def fit(cfg, rank, world, device):
     if world > 1:
         generator, critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
                              for m in (generator, critic))
-    vocoder = load_vocoder(cfg, device) if rank == 0 else None
     fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
     epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic * world))
     first_bad = torch.tensor(NEVER, device=device)  # first step with a non-finite loss, tracked without a host sync
+    # fp16 overflows now and then; the gradient scaler then skips that update (weights untouched) and lowers its scale.
+    # Only non-finite losses that persist for MAX_SKIPS steps are a real NaN. Without a scaler, the first one is.
+    tolerance, streak = MAX_SKIPS if scalers[0].is_enabled() else 1, torch.zeros((), dtype=torch.long, device=device)
 
     def check_finite(values=None):
         """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
@@ -1315,6 +1415,8 @@ def fit(cfg, rank, world, device):
             dist.all_reduce(bad, op=dist.ReduceOp.MIN)
         if bad.item() != NEVER:
             raise SystemExit(f"Non-finite loss at step {bad.item()}"
+                             + (f" and the {tolerance - 1} steps after it (the fp16 gradient scaler skipped them)"
+                                if tolerance > 1 else "")
                              + (f" (averages of the last {cfg.log_every} steps: {dict(zip(METRICS, values))})"
                                 if values else "") + f". Training stopped; the last good checkpoint, {ckpt_path}, "
                              f"is untouched. Try a lower --lr or a higher --lambda_gp.")
@@ -1355,7 +1457,8 @@ def fit(cfg, rank, world, device):
                 if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
                     stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
                 running += losses
-                first_bad = torch.where(~torch.isfinite(losses).all(), torch.clamp(first_bad, max=step), first_bad)
+                streak = torch.where(torch.isfinite(losses).all(), 0, streak + 1)
+                first_bad = torch.where(streak >= tolerance, torch.clamp(first_bad, max=step + 1 - streak), first_bad)
                 if world == 1:
                     stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
                 if step % cfg.log_every == 0:
@@ -1368,6 +1471,9 @@ def fit(cfg, rank, world, device):
                     values = (running / cfg.log_every).tolist()
                     running.zero_()
                     check_finite(values)
+                    if not all(map(math.isfinite, values)):  # and yet not stopped: fp16 overflows the scaler skipped
+                        tqdm.write(f"fp16 overflow in the {cfg.log_every} steps to step {step}: the gradient scaler "
+                                   f"skipped those updates. Training stops only if it persists for {tolerance} steps.")
                     if abs(values[2]) > cfg.max_wdist and not diverged:
                         diverged = True  # reported once an epoch, and the run goes on: the user decides
                         tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {values[2]:.3g} at step "
@@ -1407,6 +1513,8 @@ def fit(cfg, rank, world, device):
                 view = show_in_notebook(view, grid_png, [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes],
                                         f"Epoch {epoch}")
                 save_checkpoint(epoch, 0)
+            if world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
+                dist.barrier()
             last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
             print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
             if stopping or (world == 1 and stop):

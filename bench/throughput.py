@@ -12,6 +12,7 @@ and a summary table with medians.
 """
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -35,20 +36,33 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
-    """One run: returns a dict of figures. `steps` generator steps (each n_critic critic steps) after `warmup`."""
+def measure(size, loop, steps, warmup, device_name, data_dir, out_dir, amp=None):
+    """One run: returns a dict of figures. `steps` generator steps (each n_critic critic steps) after `warmup`.
+    amp: the script's --amp for "ours" (default auto); the reference is always fp32."""
     import torch
     import train_audio_gan as tag
-    cfg = tag.Config(base_path=data_dir, out_dir=out_dir, device=device_name, amp="auto" if loop == "ours" else "off",
-                     **SIZES[size])
+    sizes = SIZES[size] if isinstance(size, str) else size
+    cfg = tag.Config(base_path=data_dir, out_dir=out_dir, device=device_name,
+                     amp=(amp or "auto") if loop == "ours" else "off", **sizes)
     device = tag.pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with tag.process_state(cfg, device):  # cudnn autotuning, TF32 on Ampere+: as train() runs
+        figures = timed(cfg, device, loop, steps, warmup, data_dir)
+    return {"size": size, "loop": loop, "amp": str(tag.amp_dtype(cfg, device) or "off"), **figures}
+
+
+def timed(cfg, device, loop, steps, warmup, data_dir):
+    """The figures of one measurement (see measure)."""
+    import torch
+    import train_audio_gan as tag
     torch.manual_seed(0)
     data = tag.MelDataset(cfg, device)  # ours reads the cache built before timing; the reference only its labels
     generator, critic = (m.to(device) for m in tag.build_models(cfg, len(data.classes)))
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused and loop == "ours")
     opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused and loop == "ours")
-    B, data_time = cfg.batch_size, 0.0
+    B, data_time, finite = cfg.batch_size, 0.0, None
     if loop == "ours":
         dtype = tag.amp_dtype(cfg, device)
         scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
@@ -62,7 +76,7 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
             losses = step()
             if (i + 1) % cfg.log_every == 0:
                 losses.tolist()  # the script reads losses once per log interval
-        losses.tolist()
+        finite = all(map(math.isfinite, losses.tolist()))
         sync(device)
         elapsed = time.perf_counter() - t0
         t1 = time.perf_counter()  # the data path alone: what a step spends outside the models
@@ -133,10 +147,10 @@ def measure(size, loop, steps, warmup, device_name, data_dir, out_dir):
             step()
         sync(device)
         elapsed = time.perf_counter() - t0
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"size": size, "loop": loop, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "threads": torch.get_num_threads(), "steps": steps, "gen_steps_per_s": steps / elapsed,
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "steps": steps, "finite": finite, "gen_steps_per_s": steps / elapsed,
             "critic_samples_per_s": steps * cfg.n_critic * B / elapsed, "outside_share": data_time / elapsed,
             "peak_mem_gib": peak / 2 ** 30, "peak_kind": "cuda allocated" if device.type == "cuda" else "process RSS"}
 

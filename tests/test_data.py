@@ -41,6 +41,24 @@ def test_dataset_tensor_labels_and_counts(tiny_dataset, tmp_path):
     assert data.frames.shape[1] == int(data.lengths.sum())  # every clip's frames in one tensor
 
 
+@pytest.mark.parametrize("scaling", ["affine", "per_bin", "log1p"])
+def test_clips_are_kept_in_fp16_within_its_rounding_and_batches_are_fp32(tiny_dataset, tmp_path, scaling):
+    data = tag.MelDataset(tiny_config(tiny_dataset, tmp_path / "out", scaling=scaling), torch.device("cpu"))
+    assert data.frames.dtype == torch.float16  # half the memory of fp32
+    logmel = torch.load(next((tmp_path / "out" / "mel_cache").glob("*.pt")), weights_only=True)["frames"]
+    exact = data.scale.to_gan(logmel)
+    exact = exact.clamp(-1, 1) if scaling == "per_bin" else exact  # the dataset's own clip is not fp16's doing
+    error = (data.scale.from_gan(data.frames.float()) - data.scale.from_gan(exact)).abs()
+    heard = logmel > tag.LOG_FLOOR + 1  # log1p's fp16 loses relative precision only in near-silence
+    if scaling == "log1p":
+        bound = 0.002  # measured (README): log1p's slope grows towards silence
+    else:  # fp16 rounds a value below 1 by at most 2^-12, times the map's slope
+        bound = (tag.AFFINE_SPAN / 2 if scaling == "affine" else tag.PER_BIN_STDS * data.scale.std.max()) / 4096
+    assert error[heard].max() <= bound * 1.001
+    x, y = data.crops(torch.arange(4))
+    assert x.dtype == torch.float32 and y.dtype == torch.long
+
+
 def test_short_clips_pad_with_silence_long_clips_crop(tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_dataset, tmp_path / "out", n_frames=32)
     data = tag.MelDataset(cfg, torch.device("cpu"))
@@ -50,14 +68,14 @@ def test_short_clips_pad_with_silence_long_clips_crop(tiny_dataset, tmp_path):
     assert n < 32
     x, y = data.crops(torch.tensor([short]))
     assert x.shape == (1, 1, 80, 32) and y.item() == data.labels[short]
-    clip = data.frames[:, data.offsets[short]:data.offsets[short] + n]
+    clip = data.frames[:, data.offsets[short]:data.offsets[short] + n].float()
     assert torch.equal(x[0, 0, :, :n], clip)
     assert torch.all(x[0, 0, :, n:] == floor)
 
     long = int(torch.argmax(data.lengths))
     n = int(data.lengths[long])
     assert n > 32
-    clip = data.frames[:, data.offsets[long]:data.offsets[long] + n]
+    clip = data.frames[:, data.offsets[long]:data.offsets[long] + n].float()
     starts = set()
     for _ in range(30):
         x, _ = data.crops(torch.tensor([long]))

@@ -105,7 +105,9 @@ def test_dataset_clips_per_bin_values_to_tanh_range(tiny_dataset, tmp_path):
     assert data.frames.abs().max() <= 1
     raw = torch.load(next((tmp_path / "out" / "mel_cache").glob("*.pt")), weights_only=True)["frames"]
     inside = data.scale.to_gan(raw).abs() < 1
-    assert torch.allclose(data.scale.from_gan(data.frames)[inside], raw[inside], atol=1e-4)  # lossless inside 3 std
+    restored = data.scale.from_gan(data.frames.float())
+    half_step = tag.PER_BIN_STDS * data.scale.std / 4096  # fp16's rounding below 1 (2^-12), in nats of each bin
+    assert ((restored - raw).abs() <= half_step)[inside].all()  # lossless inside 3 std, but for fp16's rounding
     assert inside.float().mean() > 0.9
 
 

@@ -1,4 +1,6 @@
 """Generator and critic shapes, label conditioning, and the gradient penalty."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -170,6 +172,28 @@ def test_standing_stats_fit_batchnorm_to_averaged_weights():
     bn = g.fc[1]
     assert torch.allclose(bn.running_mean, pre_bn.mean(0), atol=1e-5)
     assert bn.momentum == 0.1 and not g.training  # the module is left as it was found
+
+
+def test_ema_update_is_one_fused_call_equal_to_the_loop(monkeypatch):
+    torch.manual_seed(0)
+    model = tag.Generator(8, 3, 16, 16, channels=4, embed_dim=4, arch="conv1d")
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model(torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))  # BatchNorm statistics and counters move too
+    expected = copy.deepcopy(ema)
+    with torch.no_grad():  # the per-tensor loop it replaces
+        for p_ema, p in zip(expected.parameters(), model.parameters()):
+            p_ema.lerp_(p, 1 - 0.9)
+        for b_ema, b in zip(expected.buffers(), model.buffers()):
+            b_ema.copy_(b)
+    calls, fused = [], torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda *a: calls.append(len(a[0])) or fused(*a))
+    tag.ema_update(ema, model, 0.9)
+    assert calls == [len(list(model.parameters()))]  # every parameter in one call
+    for (name, a), b in zip(ema.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 class FakeData:

@@ -26,6 +26,43 @@ def test_amp_auto_is_off_on_cpu():
     assert tag.amp_dtype(tag.Config(amp="bf16"), torch.device("cpu")) is torch.bfloat16
 
 
+@pytest.mark.parametrize("capability, dtype", [((6, 0), torch.float16), ((7, 5), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_amp_auto_picks_bf16_by_the_training_devices_compute_capability(monkeypatch, capability, dtype):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # counts emulation: must not decide
+    assert tag.amp_dtype(tag.Config(), torch.device("cuda", 1)) is dtype  # P100, T4: fp16; A100, H100: bf16
+    assert asked == [torch.device("cuda", 1)]  # the training device's, not the current device's
+
+
+def poison_gradient_penalty(monkeypatch, value, steps):
+    """Multiply the penalty by value at the given (1-based) calls: one call per step with n_critic=1."""
+    calls, real_gp = [], tag.gradient_penalty
+    monkeypatch.setattr(tag, "gradient_penalty", lambda *a: calls.append(1) or (
+        real_gp(*a) * value if len(calls) in steps else real_gp(*a)))
+
+
+def test_fp16_overflow_that_the_scaler_skips_does_not_stop_training(tiny_dataset, tmp_path, monkeypatch, capsys):
+    cfg = lambda out: tiny_config(tiny_dataset, tmp_path / out, amp="fp16", epoch_steps=4, n_critic=1, log_every=2)
+    tag.train(cfg("clean"))
+    poison_gradient_penalty(monkeypatch, float("inf"), {2})
+    result = tag.train(cfg("overflow"))
+    assert result["steps"] == 4 and not result["interrupted"]
+    assert "fp16 overflow in the 2 steps to step 2" in capsys.readouterr().out
+    clean, ckpt = (torch.load(tmp_path / out / "checkpoint.pt", weights_only=True) for out in ("clean", "overflow"))
+    assert ckpt["scalers"][1]["scale"] == clean["scalers"][1]["scale"] / 2  # the critic's scaler skipped that step
+    assert all(torch.isfinite(v).all() for v in ckpt["critic"].values())
+
+
+def test_fp16_nan_that_persists_still_stops(tiny_dataset, tmp_path, monkeypatch):
+    poison_gradient_penalty(monkeypatch, float("nan"), range(3, 100))
+    cfg = tiny_config(tiny_dataset, tmp_path, amp="fp16", epoch_steps=20, n_critic=1, log_every=4)
+    with pytest.raises(SystemExit, match=r"Non-finite loss at step 3 and the 9 steps after it \(the fp16 gradient "
+                                         r"scaler skipped them\).*untouched"):
+        tag.train(cfg)
+
+
 def test_gradient_penalty_runs_in_fp32_under_autocast():
     seen = []
     critic = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(1))
@@ -90,23 +127,26 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
 critic = tag.Critic(3, 16, 16, channels=4)
-local = copy.deepcopy(critic)
+local, plain = copy.deepcopy(critic), copy.deepcopy(critic)
 ddp = torch.nn.parallel.DistributedDataParallel(critic)
+forwards = []
+ddp.register_forward_pre_hook(lambda module, args: forwards.append(1))
 torch.manual_seed(100 + rank)  # each rank its own batch
 real, fake, labels = torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16, 16), torch.randint(3, (4,))
-for model in (ddp, local):
-    torch.manual_seed(7 + rank)  # the same interpolation weights for both computations
-    scores, logits = model(torch.cat([real, fake]), torch.cat([labels, labels]))
-    loss = 10 * tag.gradient_penalty(model, real, fake, labels) - (scores[:4].mean() - scores[4:].mean()) \
-        + torch.nn.functional.cross_entropy(logits[:4], labels)  # the auxiliary classifier's term
+cfg = tag.Config(aux_weight=1.0, lambda_gp=10.0, gp_every=2)  # the auxiliary classifier's and the lazy penalty's terms
+for model, penalise in ((ddp, True), (local, True), (plain, False)):
+    torch.manual_seed(7 + rank)  # the same interpolation weights for every computation
+    loss, wdist, gp = tag.critic_loss(model, real, fake, labels, cfg, None, penalise)  # the script's own critic loss
     loss.backward()
-own = torch.cat([p.grad.flatten() for p in local.parameters()])
+assert forwards == [1], "one DDP forward per backward: the penalty must call the unwrapped critic"
+grads = lambda m: torch.cat([p.grad.flatten() for p in m.parameters()])
+own = grads(local)
+assert not torch.allclose(own, grads(plain)), "the penalty should contribute to the gradient"
 mean = own.clone()
 dist.all_reduce(mean)
 mean /= 2
 assert not torch.allclose(own, mean), "the ranks' batches should differ"
-assert torch.allclose(torch.cat([p.grad.flatten() for p in critic.parameters()]), mean, atol=1e-6), \
-    "DDP gradient is not the mean of the ranks' gradients"
+assert torch.allclose(grads(critic), mean, atol=1e-6), "DDP gradient is not the mean of the ranks' gradients"
 open(os.path.join(sys.argv[1], f"ok{rank}"), "w").write("ok")
 del ddp  # DDP's reducer holds gloo work: free it while the process group still exists
 gc.collect()

@@ -3,6 +3,7 @@ import csv
 import dataclasses
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -136,3 +137,40 @@ def test_max_minutes_stops_with_a_checkpoint_that_resumes(tiny_dataset, tmp_path
     assert torch.equal(ckpt["gan_scale"]["std"], result["scale"].std)  # per-bin statistics travel with the model
     resumed = tag.train(dataclasses.replace(cfg, max_minutes=0.0, resume=True))
     assert not resumed["interrupted"] and resumed["steps"] == 6
+
+
+def process_state():
+    cudnn = torch.backends.cudnn
+    return dict(benchmark=cudnn.benchmark, cudnn_deterministic=cudnn.deterministic, cudnn_tf32=cudnn.allow_tf32,
+                matmul=torch.get_float32_matmul_precision(), algorithms=torch.are_deterministic_algorithms_enabled(),
+                warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+                cublas=os.environ.get("CUBLAS_WORKSPACE_CONFIG"), sigint=signal.getsignal(signal.SIGINT),
+                stdout=sys.stdout)
+
+
+def test_train_puts_process_wide_state_back(tiny_dataset, tmp_path, monkeypatch):
+    cudnn, original = torch.backends.cudnn, process_state()
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:  # a notebook's own, unusual settings: each run must leave them as it found them
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = False, True, False
+        torch.set_float32_matmul_precision("medium")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        before, rng = process_state(), torch.get_rng_state()
+        for deterministic in (False, True):
+            tag.train(tiny_config(tiny_dataset, tmp_path / str(deterministic), deterministic=deterministic))
+            assert process_state() == before
+            assert torch.equal(torch.get_rng_state(), rng)  # the global RNG too: train() seeds its own stream
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = (original[k] for k in
+                                                                   ("benchmark", "cudnn_deterministic", "cudnn_tf32"))
+        torch.set_float32_matmul_precision(original["matmul"])
+        torch.use_deterministic_algorithms(original["algorithms"], warn_only=original["warn_only"])
+
+
+def test_non_zero_ranks_stdout_goes_to_devnull_which_is_closed_afterwards(monkeypatch):
+    seen, stdout = [], sys.stdout
+    monkeypatch.setattr(tag, "setup_distributed", lambda cfg: (1, 1, torch.device("cpu")))  # a rank other than 0
+    monkeypatch.setattr(tag, "fit", lambda cfg, rank, world, device: seen.append(sys.stdout) or {})
+    tag.train(tag.Config(device="cpu"))
+    assert seen[0] is not stdout and seen[0].name == os.devnull
+    assert seen[0].closed and sys.stdout is stdout

@@ -28,6 +28,20 @@ def test_hifigan_shapes():
     assert wav.shape == (2, 10 * 256) and wav.abs().max() <= 1
 
 
+def test_vocoder_sees_one_batch_size_and_padding_changes_nothing():
+    torch.manual_seed(0)
+    vocoder = tag.HiFiGAN(dict(tag.HIFIGAN_V1, upsample_initial_channel=16)).eval()
+    seen = []
+    vocoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    logmel = torch.randn(5, 80, 6) - 5
+    batched = tag.vocode(logmel, vocoder, tag.Config(vocoder_batch=2))
+    assert seen == [(2, 80, 6)] * 3  # 2, 2 and the last one padded: one shape for cudnn.benchmark to tune
+    one_by_one = torch.cat([tag.vocode(m[None], vocoder, tag.Config(vocoder_batch=1)) for m in logmel])
+    assert batched.shape == (5, 6 * 256) and torch.allclose(batched, one_by_one, atol=1e-5)
+    logits, emb = tag.chunked(lambda x: (2 * x, x + 1), torch.arange(5.0), 4, -1.0)  # tuples, as the classifier's
+    assert torch.equal(logits, 2 * torch.arange(5.0)) and torch.equal(emb, torch.arange(5.0) + 1)
+
+
 def test_hifigan_v3_uses_jik876_parameter_names():
     v3 = dict(resblock="2", upsample_rates=[8, 8, 4], upsample_kernel_sizes=[16, 16, 8], upsample_initial_channel=32,
               resblock_kernel_sizes=[3, 5, 7], resblock_dilation_sizes=[[1, 2], [2, 6], [3, 12]])
