@@ -1288,12 +1288,14 @@ def claim_out_dir(out_dir):
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
                 raise SystemExit(f"Another run (pid {holder}) is training in {out_dir!r}; wait for it, stop it, or "
                                  f"pass another --out_dir.") from None
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
+            except OSError as e:  # a file system without locks (some network mounts): run, but say so
+                print(f"Note: cannot lock {out_dir!r} ({e.strerror or e}); a second run there would not be refused.")
         check_writable(out_dir)  # only now: its clean-up must not delete a running job's temp files
         yield
     finally:

@@ -287,10 +287,10 @@ def snapshot(folder):
 
 def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, tiny_dataset):
     out = tmp_path / "run"
-    args = cli(tiny_dataset, out, "--epoch_steps", "2", "--epochs", "1")
-    subprocess.run(args, check=True, capture_output=True, timeout=300)
+    tag.train(tiny_config(tiny_dataset, out, epoch_steps=2))  # the same model flags as cli's
     before = snapshot(out)
-    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cli(tiny_dataset, out, "--epochs", "1", "--resume"), capture_output=True, text=True,
+                           timeout=300)
     assert again.returncode == 0, again.stderr
     assert "Run complete" in again.stdout and "1 of 1 epochs" in again.stdout and "--epochs" in again.stdout
     assert "Traceback" not in again.stderr
