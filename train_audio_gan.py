@@ -133,6 +133,7 @@ NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite l
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
+PLOT_COLS = 8  # samples per class in a grid plot: a 10 x 50 grid takes minutes to draw; every sample has a thumbnail
 EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
 
 
@@ -336,23 +337,34 @@ class GanScale:
 
 # ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
 
-def discover(base_path):
-    """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped."""
+def discover(base_path, out_dir=None):
+    """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped.
+    An out_dir inside base_path is not read: its samples are not a class, nor more audio of one."""
+    if os.path.exists(base_path) and not os.path.isdir(base_path):
+        raise SystemExit(f"--base_path {base_path!r} is a file, not a folder; pass the folder that holds one folder "
+                         f"per class (<base_path>/<class_name>/*.wav), or --base_path demo.")
     if not os.path.isdir(base_path):
         raise SystemExit(f"Dataset folder {base_path!r} does not exist. Expected one folder per class:\n"
                          f"  {base_path}/<class_name>/**/*.wav (or .flac .ogg .mp3)\nor --base_path demo.")
+    real, out_real = os.path.realpath(base_path), out_dir and os.path.realpath(out_dir)
+    if out_real and os.path.commonpath([out_real, real]) == real:  # compared as real paths: links, "..", "./"
+        if out_real == real:
+            raise SystemExit(f"--out_dir {out_dir!r} is the dataset folder itself; its output folders would be read as "
+                             f"classes. Pass another --out_dir, e.g. outside {base_path!r}.")
+        print(f"Not read as data: --out_dir {out_dir!r} lies inside --base_path {base_path!r}")
     classes = sorted(d for d in os.listdir(base_path) if not d.startswith(".")
-                     and os.path.isdir(os.path.join(base_path, d)))
+                     and os.path.isdir(os.path.join(base_path, d))
+                     and os.path.realpath(os.path.join(base_path, d)) != out_real)
     # Links are followed, but never into a folder walked already, the root or above it: a loop would repeat every
     # file (under the wrong class) or never end. The real paths of the root, its ancestors and the classes start it.
-    real, seen_dirs, seen_files, loops, repeats = os.path.realpath(base_path), set(), set(), [], 0
+    seen_dirs, seen_files, loops, repeats = set(), set(), [], 0
     while real not in seen_dirs:
         seen_dirs.add(real)
         real = os.path.dirname(real)
     seen_dirs.update(os.path.realpath(os.path.join(base_path, c)) for c in classes)
     files, skipped, other = [], [], 0
     for label, name in enumerate(classes):
-        for root, names in walk_once(os.path.join(base_path, name), seen_dirs, loops):
+        for root, names in walk_once(os.path.join(base_path, name), seen_dirs, loops, skip=out_real):
             for n in sorted(n for n in names if not n.startswith(".")):
                 path = os.path.join(root, n)
                 if not n.lower().endswith(AUDIO_EXTS):
@@ -376,13 +388,15 @@ def discover(base_path):
     return classes, files, skipped
 
 
-def walk_once(folder, seen, loops):
+def walk_once(folder, seen, loops, skip=None):
     """(folder, file names) under folder, following links but into no folder whose real path is in seen (which grows);
-    the links left out are appended to loops. Hidden folders (.git, .ipynb_checkpoints, ...) are not entered."""
+    the links left out are appended to loops. Hidden folders (.git, .ipynb_checkpoints, ...) and skip are not entered."""
     for root, dirs, names in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(d for d in dirs if not d.startswith(".")):
             real = os.path.realpath(os.path.join(root, d))
+            if real == skip:
+                continue
             if real in seen:
                 loops.append(os.path.join(root, d))
             else:
@@ -420,7 +434,7 @@ class MelDataset:
     random crops, returned in fp32 on the device."""
 
     def __init__(self, cfg, device, scale=None):
-        self.classes, files, unlisted = discover(cfg.base_path)
+        self.classes, files, unlisted = discover(cfg.base_path, cfg.out_dir)
         settings = {k: getattr(cfg, k) for k in MEL_KEYS}
         # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
         listing = [(os.path.relpath(p, cfg.base_path), os.path.getsize(p), os.stat(p).st_mtime_ns, y) for p, y in files]
@@ -440,7 +454,7 @@ class MelDataset:
                 print(f"Could not write the mel cache {cache} ({e.strerror}); continuing without it")
         skipped = unlisted + [tuple(s) for s in data["skipped"]]
         for path, why in skipped:
-            print(f"Skipping {path}: {why}")
+            print(f"Skipping {path!r}: {' '.join(why.split())}")  # repr: a newline in a name must not break the line
         if skipped:
             print(f"Skipped {len(skipped)} of {len(files) + len(unlisted)} audio files; training on the other "
                   f"{len(data['labels'])}.")
@@ -463,7 +477,7 @@ class MelDataset:
                   f"silence. A smaller --n_frames (a multiple of 16) trains faster and better.")
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
-            f"{c} ({n})" for c, n in zip(self.classes, counts)))
+            f"{c if c.isprintable() else repr(c)} ({n})" for c, n in zip(self.classes, counts)))
         empty = [c for c, n in zip(self.classes, counts) if n == 0]
         if empty:
             raise SystemExit(f"Class folder(s) {empty} under {cfg.base_path!r} have no usable audio (see the skipped "
@@ -922,13 +936,16 @@ def plot_mels(logmels, row_names, path, cfg, title):
     from matplotlib.figure import Figure  # the object API: no pyplot state, no backend change in notebooks
     rows, cols = logmels.shape[:2]
     fig = Figure(figsize=(2.2 + 2.6 * cols, 0.6 + 1.5 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    # No sharex/sharey: every imshow on shared axes re-limits all of them, quadratic in the grid's size. The extent
+    # gives every panel the same limits anyway; label_outer keeps tick labels on the left column and bottom row.
+    axes = fig.subplots(rows, cols, squeeze=False)
     seconds = logmels.shape[-1] * cfg.hop_length / cfg.sample_rate
     db = logmels * (20 / math.log(10))  # natural-log magnitude -> dB
     for r in range(rows):
         for c in range(cols):
             im = axes[r, c].imshow(db[r, c].numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20,
                                    extent=(0, seconds, 0, cfg.n_mels))
+            axes[r, c].label_outer()
         axes[r, 0].set_ylabel(f"{row_names[r]}\nmel bin", fontsize=9)
     for c in range(cols):
         axes[-1, c].set_xlabel("time (s)")
@@ -1025,7 +1042,10 @@ def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, ti
     names = [f"{classes[y]}_{j}" for y, j in zip(labels.tolist(), k)]
     write_wavs(vocode(logmels, vocoder, cfg), names, wav_dir, cfg.sample_rate)
     rows = labels.unique()
-    grid = torch.stack([logmels[labels == y] for y in rows]).cpu()  # every class has the same count
+    grid = torch.stack([logmels[labels == y][:PLOT_COLS] for y in rows]).cpu()  # every class has the same count
+    per_class = len(labels) // len(rows)
+    if per_class > PLOT_COLS:
+        title = f"{title}, first {PLOT_COLS} of {per_class} per class"
     plot_mels(grid, [classes[y] for y in rows.tolist()], plot_path, cfg, title)
     # Thumbnails rather than a captioned plot per sample: the grid above already has the axes and the colour bar.
     write_thumbnails(logmels.cpu(), names, os.path.splitext(plot_path)[0])

@@ -65,7 +65,7 @@ def test_every_malformed_file_is_skipped_with_its_reason(tmp_path, capsys):
     result = tag.train(tiny_config(str(tmp_path / "data"), tmp_path / "out"))  # training goes on with the rest
     out = capsys.readouterr().out
     for name, outcome in expected.items():
-        lines = [line for line in out.splitlines() if line.startswith("Skipping") and f"/{name}:" in line]
+        lines = [line for line in out.splitlines() if line.startswith("Skipping") and f"/{name}':" in line]
         if outcome in ("ok", "ignored"):
             assert not lines, f"{name} should not be skipped: {lines}"
         else:
@@ -91,7 +91,7 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch, capsys):
             PermissionError(13, "Permission denied", path)) if path == locked else real(path, *a, **k))
     data = tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
     assert len(data) == 3
-    assert f"Skipping {locked}: unreadable" in capsys.readouterr().out
+    assert f"Skipping {locked!r}: unreadable" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("case,message", [
@@ -500,3 +500,51 @@ def test_second_ctrl_c_aborts_at_once_with_one_line():
     assert run.returncode == 130 and "not aborted" not in run.stdout
     assert "SIGINT received" in run.stdout
     assert len(run.stderr.strip().splitlines()) == 1 and "Aborted" in run.stderr, run.stderr
+
+
+def test_generate_many_per_class_writes_every_sample_but_plots_at_most_plot_cols(trained, monkeypatch):
+    shapes, plot = [], tag.plot_mels
+    monkeypatch.setattr(tag, "plot_mels", lambda mels, rows, path, cfg, title: (shapes.append((mels.shape, title)),
+                                                                                 plot(mels, rows, path, cfg, title)))
+    n = tag.PLOT_COLS + 3
+    tag.generate(tag.Config(mode="generate", out_dir=str(trained), vocoder="griffinlim", device="cpu", n_generate=n))
+    names = {f"{c}_{k}" for c in ("high", "low", "noise") for k in range(n)}
+    assert {f[:-4] for f in os.listdir(trained / "gan_generated_audio" / "generated")} == names
+    assert {f[:-4] for f in os.listdir(trained / "gan_spectrogram_plots" / "generated")} == names  # thumbnails
+    (shape, title), = shapes
+    assert tuple(shape[:2]) == (3, tag.PLOT_COLS) and f"first {tag.PLOT_COLS} of {n} per class" in title
+
+
+def test_base_path_that_is_a_file_says_so(tmp_path):
+    (tmp_path / "data.zip").write_bytes(b"PK")
+    run = subprocess.run(cli(str(tmp_path / "data.zip"), tmp_path / "out"), capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 1 and "is a file, not a folder" in run.stderr and "does not exist" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_out_dir_inside_base_path_is_not_a_class(tmp_path, tiny_dataset):
+    out = os.path.join(tiny_dataset, "runs")
+    os.makedirs(os.path.join(out, "gan_generated_audio"))
+    write_tone(os.path.join(out, "gan_generated_audio", "old_0.wav"), 500)  # an earlier run's sample
+    run = subprocess.run(cli(tiny_dataset, out, "--epochs", "1", "--epoch_steps", "1"), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "3 classes, 12 clips: high (4), low (4), noise (4)" in run.stdout
+    assert len([line for line in run.stdout.splitlines() if "lies inside --base_path" in line]) == 1
+    itself = subprocess.run(cli(tiny_dataset, tiny_dataset), capture_output=True, text=True, timeout=120)
+    assert itself.returncode == 1 and "is the dataset folder itself" in itself.stderr
+    assert len(itself.stderr.strip().splitlines()) == 1, itself.stderr
+
+
+def test_names_with_newlines_keep_skip_reports_on_one_line(tmp_path, capsys):
+    for c in ("a", "b\nc"):
+        for i in range(2):
+            write_tone(str(tmp_path / "data" / c / f"{i}.wav"), 300 + 100 * i)
+    (tmp_path / "data" / "b\nc" / "bad\nname.wav").write_bytes(b"not audio")
+    data = tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
+    assert data.classes == ["a", "b\nc"]
+    lines = capsys.readouterr().out.splitlines()
+    skips = [line for line in lines if line.startswith("Skipping")]
+    assert len(skips) == 1 and "bad\\nname.wav" in skips[0] and "unreadable" in skips[0], lines
+    assert "2 classes, 4 clips: a (2), 'b\\nc' (2)" in lines
