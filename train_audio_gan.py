@@ -291,7 +291,7 @@ class MelSpectrogram(nn.Module):
 # The GAN never sees raw log-mel: every scaling is an exact, invertible map, and the vocoder always receives
 # HiFi-GAN log-mel. "per_bin" (SpecGAN) centres each mel bin on its dataset mean and divides by 3 of its standard
 # deviations, so quiet high bins matter as much as loud low ones; the statistics travel with the checkpoint, and the
-# training data alone is clipped to [-1, 1] (tanh's range; see MelDataset). "affine" maps the fixed span
+# training data alone is clipped to [-1, 1] (tanh's range; see MelClips). "affine" maps the fixed span
 # [LOG_FLOOR, LOG_FLOOR + 14] = [-11.5, 2.5] onto [-1, 1]: silence is exactly -1 and the loudest peak-normalised
 # audio (about 2.1) stays just under tanh's +1 (a wider span let the generator saturate at +39 dB and paint bright
 # specks). "log1p" is the original design's log1p of the linear mel magnitude, with a ReLU output.
@@ -305,7 +305,7 @@ class GanScale:
         self.kind, self.mean, self.std = kind, mean, std  # mean, std: (n_mels, 1) for "per_bin", else None
 
     @classmethod
-    def fit(cls, kind, frames):
+    def from_data(cls, kind, frames):
         """Statistics of every frame of the data, frames (n_mels, N); only "per_bin" needs any."""
         if kind != "per_bin":
             return cls(kind)
@@ -394,16 +394,16 @@ def walk_once(folder, seen, loops):
 
 def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
     """Write four classes of clearly different synthetic sounds as wav files (kept if already there)."""
-    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * sample_rate)) / sample_rate
-    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=g).item()
+    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=rng).item()
     envelope = torch.clamp(t / 0.02, max=1) * torch.clamp((seconds - t) / 0.1, max=1)
     sounds = {
         "hum": lambda: sum(torch.sin(2 * math.pi * k * rand(90, 140) * t) / k for k in range(1, 6)),
         "whistle": lambda: torch.sin(2 * math.pi * rand(1500, 2500) * t + 8 * torch.sin(2 * math.pi * rand(4, 7) * t)),
         "chirp": lambda: torch.sin(2 * math.pi * torch.cumsum(torch.linspace(rand(200, 400), rand(3000, 5000),
                                                                             len(t)), 0) / sample_rate),
-        "clicks": lambda: torch.randn(len(t), generator=g) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
+        "clicks": lambda: torch.randn(len(t), generator=rng) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
     }
     for name, make in sounds.items():
         for i in range(clips_per_class):
@@ -415,7 +415,7 @@ def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0
     return root
 
 
-class MelDataset:
+class MelClips:
     """Every clip's log-mel in one fp16 (n_mels, total_frames) tensor, on the device when it fits (place); batches are
     random crops, returned in fp32 on the device."""
 
@@ -447,7 +447,7 @@ class MelDataset:
         self.lengths, self.labels = data["lengths"], data["labels"]
         offsets = torch.cumsum(self.lengths, 0) - self.lengths
         # A resumed run keeps the statistics its generator learnt with; SpecGAN's clip at 3 std touches ~1 % of values.
-        self.scale = scale or GanScale.fit(cfg.scaling, data["frames"])
+        self.scale = scale or GanScale.from_data(cfg.scaling, data["frames"])
         frames = self.scale.to_gan(data["frames"])  # (n_mels, total_frames)
         if cfg.scaling == "per_bin":
             frames = frames.clamp(-1, 1)
@@ -546,7 +546,7 @@ def read_mel_cache(path, key, n_classes):
 
 
 def mel_cache_ok(data, n_classes):
-    """Whether data is shaped as MelDataset.build makes it, so that nothing later fails on it."""
+    """Whether data is shaped as MelClips.build makes it, so that nothing later fails on it."""
     try:
         frames, lengths, labels, skipped = (data[k] for k in ("frames", "lengths", "labels", "skipped"))
         return (frames.dim() == 2 and frames.is_floating_point() and lengths.dim() == 1
@@ -723,7 +723,7 @@ def ema_update(ema, model, decay):
 @torch.no_grad()
 def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, seed=0):
     """Re-estimate BatchNorm statistics for averaged weights (BigGAN's "standing stats"): the raw model's misfit them."""
-    noise, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
+    rng, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
     norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -732,8 +732,8 @@ def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, s
     was_training = generator.training
     generator.train()
     for _ in range(batches):
-        generator(torch.randn(batch_size, latent_dim, generator=noise).to(device),
-                  torch.randint(n_classes, (batch_size,), generator=noise).to(device))
+        generator(torch.randn(batch_size, latent_dim, generator=rng).to(device),
+                  torch.randint(n_classes, (batch_size,), generator=rng).to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     generator.train(was_training)
@@ -849,8 +849,8 @@ def griffin_lim(logmel, cfg, n_iter=32):
     stft = lambda y: torch.stft(y, cfg.n_fft, cfg.hop_length, cfg.win_length, window, return_complex=True)
     istft = lambda s: torch.istft(s, cfg.n_fft, cfg.hop_length, cfg.win_length, window,
                                   length=logmel.shape[-1] * cfg.hop_length)
-    g = torch.Generator(mag.device).manual_seed(0)  # its own RNG: the vocoder must not shift training's
-    angle = torch.exp(2j * math.pi * torch.rand(mag.shape, device=mag.device, generator=g))
+    rng = torch.Generator(mag.device).manual_seed(0)  # its own RNG: the vocoder must not shift training's
+    angle = torch.exp(2j * math.pi * torch.rand(mag.shape, device=mag.device, generator=rng))
     for _ in range(n_iter):
         s = stft(istft(mag * angle))[..., :mag.shape[-1]]
         angle = s / s.abs().clamp(min=1e-8)
@@ -1167,7 +1167,7 @@ class Evaluator:
     def __init__(self, cfg, data, device):
         self.cfg, self.device, self.classes = cfg, device, data.classes
         if cfg.eval_path:
-            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
+            held = MelClips(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
             if held.classes != data.classes:
                 raise SystemExit(f"eval_path classes {held.classes} differ from the training classes {data.classes}.")
             train_idx, held_data, held_idx = torch.arange(len(data)), held, torch.arange(len(held))
@@ -1206,8 +1206,8 @@ class Evaluator:
     def trained(self, cache, data, idx):
         """A classifier trained from a fixed seed on the clips idx of data, then cached."""
         torch.manual_seed(0)
-        self.model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)  # fit trains self.model
-        self.fit(data, idx)
+        self.model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)  # trained in place
+        self.train_classifier(data, idx)
         try:
             with atomic(cache) as tmp:
                 torch.save(self.model.state_dict(), tmp)
@@ -1219,7 +1219,7 @@ class Evaluator:
         """Real clips as HiFi-GAN log-mel (N, n_mels, n_frames), one crop each."""
         return data.logmels(idx.to(data.labels_d.device)).to(self.device)
 
-    def fit(self, data, idx, batch=64):
+    def train_classifier(self, data, idx, batch=64):
         opt = torch.optim.Adam(self.model.parameters(), 1e-3)
         for _ in tqdm(range(self.cfg.eval_steps), desc="Training the evaluation classifier", leave=False):
             pick = idx[torch.randint(len(idx), (batch,))]
@@ -1573,7 +1573,7 @@ def train(cfg):
                 result = run_complete(cfg, ckpt, ckpt_path)
             else:
                 with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    result = fit(cfg, rank, world, device, ckpt)
+                    result = train_process(cfg, rank, world, device, ckpt)
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
             dist.barrier()
@@ -1591,7 +1591,7 @@ def run_complete(cfg, ckpt, path):
             "config": cfg, "interrupted": False, "complete": True}
 
 
-def fit(cfg, rank, world, device, ckpt):
+def train_process(cfg, rank, world, device, ckpt):
     """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
     ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
@@ -1600,7 +1600,7 @@ def fit(cfg, rank, world, device, ckpt):
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
         scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
-        data = MelDataset(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
+        data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -1774,7 +1774,7 @@ def fit(cfg, rank, world, device, ckpt):
             if (stopping or (world == 1 and stop)) and epoch < cfg.epochs:  # after the last one there is nothing left
                 print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}. {resume_hint}")
                 break
-    return result(interrupted=epoch < cfg.epochs)  # train() never calls fit with no epoch left to train
+    return result(interrupted=epoch < cfg.epochs)  # train() never calls train_process with no epoch left to train
 
 
 def load_generator(cfg):
@@ -1814,7 +1814,7 @@ def evaluate(cfg):
     generator, ckpt, saved, scale, device = load_generator(cfg)
     if cfg.base_path == "demo":
         saved = dataclasses.replace(saved, base_path=ckpt["config"]["base_path"])
-    data = MelDataset(saved, device, scale)
+    data = MelClips(saved, device, scale)
     if data.classes != ckpt["classes"]:
         raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
     return Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
