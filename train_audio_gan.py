@@ -44,6 +44,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 
+# ---------------------------------------------------------------- configuration and command line
+
 def arg(default, help):
     """A Config field whose help text becomes its command-line --help line."""
     return field(default=default, metadata={"help": help})
@@ -113,8 +115,6 @@ class Config:
     checkpoint: str = arg("", "checkpoint for generate and evaluate modes; default out_dir/checkpoint.pt")
     n_generate: int = arg(4, "generate mode: wav files per class")
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
-
-
 # A CPU-sized preset for the synthetic demo, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"):
 # 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=4, epoch_steps=60, lr=4e-4)
@@ -226,6 +226,32 @@ def device_problems(name):
     return [f"device={name!r} is not available; this machine has auto, cpu{cuda}{', mps' if mps else ''}"]
 
 
+# ---------------------------------------------------------------- files: atomic writes, one-line errors
+
+@contextlib.contextmanager
+def atomic(path):
+    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
+    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:
+        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def one_line(e):
+    """An exception as one short line: torch's messages span many."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
+
+
 # ---------------------------------------------------------------- audio and the HiFi-GAN mel front end
 
 def load_audio(path, sample_rate):
@@ -286,8 +312,6 @@ class MelSpectrogram(nn.Module):
         spec = torch.stft(wav, self.n_fft, self.hop, self.win, self.window, center=False, return_complex=True)
         mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)  # (B, n_fft//2+1, frames)
         return torch.log(torch.clamp(self.fb @ mag, min=1e-5))
-
-
 # The GAN never sees raw log-mel: every scaling is an exact, invertible map, and the vocoder always receives
 # HiFi-GAN log-mel. "per_bin" (SpecGAN) centres each mel bin on its dataset mean and divides by 3 of its standard
 # deviations, so quiet high bins matter as much as loud low ones; the statistics travel with the checkpoint, and the
@@ -334,7 +358,7 @@ class GanScale:
         return cls(state["kind"], state["mean"], state["std"])
 
 
-# ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
+# ---------------------------------------------------------------- data: discovery, demo data, cached mels
 
 def discover(base_path):
     """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped."""
@@ -569,7 +593,7 @@ def random_crops(frames, offsets, lengths, n_frames, floor):
     return torch.where(pos < length, x, floor).permute(1, 0, 2).unsqueeze(1)
 
 
-# ---------------------------------------------------------------- conditional WGAN-GP
+# ---------------------------------------------------------------- models: generator, critic, EMA, standing stats
 
 class CondBatchNorm(nn.Module):
     """BatchNorm whose gain and bias are looked up per class (BigGAN's conditional BN), or plain BatchNorm."""
@@ -684,28 +708,6 @@ class Critic(nn.Module):
         return score, self.classify(pooled / h[0, 0].numel())
 
 
-def augment(x, floor):
-    """DiffAugment for mels (B, 1, n_mels, T): a random time shift of up to T/8 and a cutout of T/4 frames, both
-    filled with silence (floor (n_mels, 1, 1)). Differentiable, so the same augmentation can be applied to fakes.
-    Never a frequency shift: that changes pitch and timbre, which are what the classes are."""
-    B, T = x.shape[0], x.shape[-1]
-    t = torch.arange(T, device=x.device)
-    src = t - torch.randint(-(T // 8), T // 8 + 1, (B, 1), device=x.device)  # (B, T): where each frame comes from
-    cut = torch.randint(0, T - T // 4 + 1, (B, 1), device=x.device)
-    keep = (src >= 0) & (src < T) & ((t < cut) | (t >= cut + T // 4))
-    x = x.gather(3, src.clamp(0, T - 1)[:, None, None, :].expand_as(x))
-    return torch.where(keep[:, None, None, :], x, floor.view(1, 1, -1, 1).to(x.dtype))
-
-
-def gradient_penalty(critic, real, fake, labels):
-    """Gulrajani et al.: E[(||grad_x D(x)||_2 - 1)^2] at x = eps*real + (1-eps)*fake, eps ~ U(0,1) per sample."""
-    eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device)
-    x = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
-    with torch.autocast(real.device.type, enabled=False):  # fp32 even under mixed precision: a 2nd-order term
-        (grad,) = torch.autograd.grad(critic(x, labels)[0].sum(), x, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-
-
 def build_models(cfg, n_classes):
     generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
                           cfg.arch, cfg.g_cond, "relu" if cfg.scaling == "log1p" else "tanh")
@@ -737,6 +739,100 @@ def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, s
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     generator.train(was_training)
+
+
+def sample_logmels(generator, noise, labels, scale):
+    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        logmel = scale.from_gan(generator(noise, labels)).squeeze(1)
+    generator.train(was_training)
+    return logmel
+
+
+# ---------------------------------------------------------------- the WGAN-GP step: penalty, critic loss, step
+
+def augment(x, floor):
+    """DiffAugment for mels (B, 1, n_mels, T): a random time shift of up to T/8 and a cutout of T/4 frames, both
+    filled with silence (floor (n_mels, 1, 1)). Differentiable, so the same augmentation can be applied to fakes.
+    Never a frequency shift: that changes pitch and timbre, which are what the classes are."""
+    B, T = x.shape[0], x.shape[-1]
+    t = torch.arange(T, device=x.device)
+    src = t - torch.randint(-(T // 8), T // 8 + 1, (B, 1), device=x.device)  # (B, T): where each frame comes from
+    cut = torch.randint(0, T - T // 4 + 1, (B, 1), device=x.device)
+    keep = (src >= 0) & (src < T) & ((t < cut) | (t >= cut + T // 4))
+    x = x.gather(3, src.clamp(0, T - 1)[:, None, None, :].expand_as(x))
+    return torch.where(keep[:, None, None, :], x, floor.view(1, 1, -1, 1).to(x.dtype))
+
+
+def gradient_penalty(critic, real, fake, labels):
+    """Gulrajani et al.: E[(||grad_x D(x)||_2 - 1)^2] at x = eps*real + (1-eps)*fake, eps ~ U(0,1) per sample."""
+    eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device)
+    x = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
+    with torch.autocast(real.device.type, enabled=False):  # fp32 even under mixed precision: a 2nd-order term
+        (grad,) = torch.autograd.grad(critic(x, labels)[0].sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def unwrap(model):
+    return model.module if isinstance(model, DDP) else model
+
+
+def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
+    """(loss, wdist, gp or None) of one critic step: -wdist + aux_weight * the classification loss of the real clips,
+    + gp_every * lambda_gp * the gradient penalty when penalise.
+
+    Real and fake go through the (DDP) critic in one forward; the penalty calls the unwrapped module. So DDP sees one
+    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
+    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
+    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
+    B = len(labels)
+    with torch.autocast(real.device.type, dtype=dtype, enabled=dtype is not None):  # one DDP call, larger kernels
+        scores, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
+    wdist = scores[:B].float().mean() - scores[B:].float().mean()
+    loss = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
+    if not penalise:
+        return loss, wdist, None
+    gp = gradient_penalty(unwrap(critic), real, fake, labels)
+    return loss + cfg.gp_every * cfg.lambda_gp * gp, wdist, gp
+
+
+def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
+    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
+
+    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
+    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
+    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
+    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
+    device, B = next(unwrap(critic).parameters()).device, cfg.batch_size
+    amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
+    gps = []
+    for i in range(cfg.n_critic):
+        real, labels = data.crops(data.sample(B))
+        with torch.no_grad(), amp():
+            fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
+        # lazy regularisation: the penalty's double backward is dear
+        loss_c, wdist, gp = critic_loss(critic, view(real), view(fake), labels, cfg, dtype,
+                                        (step * cfg.n_critic + i) % cfg.gp_every == 0)
+        gps += [gp] if gp is not None else []
+        opt_c.zero_grad(set_to_none=True)
+        scalers[1].scale(loss_c).backward()
+        scalers[1].step(opt_c)
+        scalers[1].update()
+    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
+    unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
+    with amp():
+        scores, logits = unwrap(critic)(view(generator(torch.randn(B, cfg.latent_dim, device=device), labels)), labels)
+        loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - scores.float().mean()
+    opt_g.zero_grad(set_to_none=True)
+    scalers[0].scale(loss_g).backward()
+    scalers[0].step(opt_g)
+    scalers[0].update()
+    unwrap(critic).requires_grad_(True)
+    gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
+    return torch.stack([loss_c, loss_g, wdist, gp]).detach()
 
 
 # ---------------------------------------------------------------- vocoder: HiFi-GAN (jik876 V1/V2/V3), Griffin-Lim
@@ -880,30 +976,12 @@ def vocode(logmel, vocoder, cfg):
     return wav.clamp(-1, 1).float().cpu()
 
 
-# ---------------------------------------------------------------- outputs: wavs, plots, losses, gallery, checkpoints
+# ---------------------------------------------------------------- outputs: wavs, plots, CSV, gallery, checkpoints
 
-@contextlib.contextmanager
-def atomic(path):
-    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
-    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-
-
-def one_line(e):
-    """An exception as one short line: torch's messages span many."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
+def own_rng(device):
+    """A fork of torch's RNGs for work beside training (plots, samples, evaluation): the training stream is left as it
+    was, so a resumed run draws exactly what an uninterrupted one does."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def save_figure(fig, path):
@@ -962,60 +1040,29 @@ def write_losses_csv(history, path):
         w.writerows(zip(history["step"], history["epoch"], *(history[m] for m in METRICS)))
 
 
-def load_checkpoint(path, cfg=None, classes=None):
-    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
+def read_rows(path):
+    """The rows of a CSV file this script wrote earlier, [] if there is none or it cannot be read."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SystemExit(f"{path} is not a readable checkpoint of this script ({one_line(e)}).") from None
-    missing = missing_keys(ckpt)
-    if missing:
-        raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
-                         f"Train afresh, or use the version that wrote it.")
-    if cfg is not None:
-        diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
-                if ckpt["config"].get(k) != getattr(cfg, k)]
-        if diff:
-            raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
-    if classes is not None:
-        check_classes(ckpt, classes, path)
-    return ckpt
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
-CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "scalers", "epoch", "epoch_step", "step",
-                   "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
-
-
-def missing_keys(ckpt):
-    """What a checkpoint of this version has and ckpt lacks: an older version's, or some other weights-only file."""
-    if not isinstance(ckpt, dict):
-        return [f"everything (it holds a {type(ckpt).__name__}, not a dict)"]
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    config, scale = ckpt.get("config"), ckpt.get("gan_scale")
-    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
-    missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
-    missing += [f"{k} as a dict" for k in ("config", "gan_scale", "history", "generator", "critic")
-                if k in ckpt and not isinstance(ckpt[k], dict)]
-    missing += [f"{k} as a number" for k in ("epoch", "epoch_step", "step") if k in ckpt and type(ckpt[k]) is not int]
-    return missing
-
-
-def check_classes(ckpt, classes, path):
-    """Refuse a checkpoint trained on other classes than this dataset's."""
-    if ckpt["classes"] != classes:
-        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
-
-
-def sample_logmels(generator, noise, labels, scale):
-    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        logmel = scale.from_gan(generator(noise, labels)).squeeze(1)
-    generator.train(was_training)
-    return logmel
+def plot_eval(rows, path):
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(14, 6), layout="constrained")
+    epochs = [int(r["epoch"]) for r in rows]
+    axes = fig.subplots(2, 3).flat
+    for ax, name in zip(axes, EVAL_METRICS):
+        ax.plot(epochs, [float(r.get(name) or "nan") for r in rows], "o-", label="generated")
+        ax.axhline(float(rows[-1][f"real_{name}"]), color="gray", ls="--", label="real held-out")
+        ax.set(title=name, xlabel="epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    for ax in axes:  # the grid's spare panel
+        ax.set_axis_off()
+    save_figure(fig, path)
 
 
 def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, title):
@@ -1113,7 +1160,74 @@ def show_in_notebook(handle, grid_png, wavs, title):
     return handle
 
 
-# ---------------------------------------------------------------- evaluation: a real-data classifier scores what you hear
+CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "scalers", "epoch", "epoch_step", "step",
+                   "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
+
+
+def load_checkpoint(path, cfg=None, classes=None):
+    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"{path} is not a readable checkpoint of this script ({one_line(e)}).") from None
+    missing = missing_keys(ckpt)
+    if missing:
+        raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
+                         f"Train afresh, or use the version that wrote it.")
+    if cfg is not None:
+        diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
+                if ckpt["config"].get(k) != getattr(cfg, k)]
+        if diff:
+            raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
+    if classes is not None:
+        check_classes(ckpt, classes, path)
+    return ckpt
+
+
+def missing_keys(ckpt):
+    """What a checkpoint of this version has and ckpt lacks: an older version's, or some other weights-only file."""
+    if not isinstance(ckpt, dict):
+        return [f"everything (it holds a {type(ckpt).__name__}, not a dict)"]
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    config, scale = ckpt.get("config"), ckpt.get("gan_scale")
+    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
+    missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
+    missing += [f"{k} as a dict" for k in ("config", "gan_scale", "history", "generator", "critic")
+                if k in ckpt and not isinstance(ckpt[k], dict)]
+    missing += [f"{k} as a number" for k in ("epoch", "epoch_step", "step") if k in ckpt and type(ckpt[k]) is not int]
+    return missing
+
+
+def check_classes(ckpt, classes, path):
+    """Refuse a checkpoint trained on other classes than this dataset's."""
+    if ckpt["classes"] != classes:
+        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
+
+
+def restore(ckpt, path, models, opts, scalers, device):
+    """Load a checkpoint's weights (generator, critic, average), optimiser, scaler and RNG states into this run's;
+    a file whose tensors do not fit is refused in one line, not a size-mismatch traceback."""
+    generator, critic, generator_ema = models
+    try:
+        generator.load_state_dict(ckpt["generator"])
+        critic.load_state_dict(ckpt["critic"])
+        if generator_ema is not None:
+            generator_ema.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
+        for opt, state in zip(opts, (ckpt["opt_g"], ckpt["opt_c"])):
+            opt.load_state_dict(state)
+        for scaler, state in zip(scalers, ckpt["scalers"]):
+            if state:  # empty when the run that wrote it was not fp16
+                scaler.load_state_dict(state)
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    except Exception as e:
+        raise SystemExit(f"{path} does not fit this model: {one_line(e)}") from None
+
+
+# ---------------------------------------------------------------- evaluation: a real-data classifier scores the audio
 
 class Classifier(nn.Module):
     """A small log-mel CNN for the real classes; its 128-d penultimate layer embeds clips for the Frechet distance."""
@@ -1267,32 +1381,127 @@ class Evaluator:
         return m
 
 
-def read_rows(path):
-    """The rows of a CSV file this script wrote earlier, [] if there is none or it cannot be read."""
+# ---------------------------------------------------------------- runtime: device, AMP, DDP, signals, out_dir lock
+
+def pick_device(name):
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def ampere(device):
+    """Whether device is a CUDA GPU of compute capability 8.0 or newer: native bf16 and TF32 units."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def amp_dtype(cfg, device):
+    """The autocast dtype, or None for fp32. auto: bf16 on sm80+, fp16 (with a gradient scaler) on older GPUs."""
+    if cfg.amp == "auto":  # not torch.cuda.is_bf16_supported(): it counts emulation and asks the current device
+        return None if device.type != "cuda" else torch.bfloat16 if ampere(device) else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+@contextlib.contextmanager
+def process_state(cfg, device):
+    """Set the process-wide switches a run needs, and put every one back afterwards (RNG states included): a notebook
+    that trains twice, or runs anything else next, inherits nothing from this run."""
+    cudnn, env = torch.backends.cudnn, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if cfg.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
+            torch.use_deterministic_algorithms(cfg.deterministic)
+            # Autotuning picks the fastest algorithm per shape, deterministic or not; the shapes are fixed (chunked).
+            cudnn.deterministic, cudnn.benchmark = cfg.deterministic, not cfg.deterministic
+            if ampere(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
+                torch.set_float32_matmul_precision("high")
+                cudnn.allow_tf32 = True
+            yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
+        torch.set_float32_matmul_precision(saved[3])
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+# Any collective of a training process waits at most STEP_TIMEOUT for the others: the longest wait is the other
+# ranks' while rank 0 writes an epoch's samples, evaluation and checkpoint (minutes). A rank that hangs then ends the
+# run with a timeout error instead of holding every GPU forever. Only the start, where rank 0 alone builds the mel
+# cache and the evaluator's classifier (hours for a large dataset), has a longer limit (rank_zero_first).
+STEP_TIMEOUT, STARTUP_TIMEOUT = datetime.timedelta(minutes=30), datetime.timedelta(hours=6)
 
 
-def plot_eval(rows, path):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(14, 6), layout="constrained")
-    epochs = [int(r["epoch"]) for r in rows]
-    axes = fig.subplots(2, 3).flat
-    for ax, name in zip(axes, EVAL_METRICS):
-        ax.plot(epochs, [float(r.get(name) or "nan") for r in rows], "o-", label="generated")
-        ax.axhline(float(rows[-1][f"real_{name}"]), color="gray", ls="--", label="real held-out")
-        ax.set(title=name, xlabel="epoch")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    for ax in axes:  # the grid's spare panel
-        ax.set_axis_off()
-    save_figure(fig, path)
+def setup_distributed(cfg):
+    """(rank, world, device). Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or per CPU with gloo."""
+    device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
+    return dist.get_rank(), dist.get_world_size(), device
 
 
-# ---------------------------------------------------------------- training
+@contextlib.contextmanager
+def rank_zero_first(rank, world):
+    """Rank 0 runs the block (writing demo data, the mel cache, the evaluator's classifier) before the other ranks
+    read what it wrote. They wait at a host-side (gloo) barrier allowed STARTUP_TIMEOUT, not at a spinning GPU one."""
+    if world == 1:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
+    if rank:
+        dist.barrier(group)
+    yield
+    if not rank:
+        dist.barrier(group)
+    dist.destroy_process_group(group)
+
+
+def is_tty(stream):
+    """Whether stream is a terminal; False for anything that cannot say."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):  # replaced by a notebook, closed, ...
+        return False
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT, SIGTERM and SIGHUP append their name to the yielded list, so the loop finishes its step and checkpoints.
+
+    A second Ctrl-C aborts at once (exit status 130). Outside the main thread (where signals cannot be caught) it does
+    nothing."""
+    received = []
+    # After a hangup (a closed terminal or SSH session) writing to the terminal fails: output goes to /dev/null then.
+    ttys = [name for name in ("stdout", "stderr") if is_tty(getattr(sys, name))]
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            print("Aborted by a second Ctrl-C; the last checkpoint written (if any) is intact.", file=sys.stderr)
+            raise SystemExit(130)
+        received.append(signal.Signals(signum).name)
+        if received[-1] == "SIGHUP":
+            for name in ttys:
+                setattr(sys, name, open(os.devnull, "w"))
+        with contextlib.suppress(OSError):  # a closed pipe must not stop the checkpoint
+            print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signals = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")  # no SIGHUP on Windows
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
 
 def check_writable(out_dir):
     """Fail before any work if out_dir cannot be written; clear temp files a killed run left behind."""
@@ -1339,154 +1548,7 @@ def claim_out_dir(out_dir):
         os.close(fd)
 
 
-@contextlib.contextmanager
-def stop_requests():
-    """SIGINT, SIGTERM and SIGHUP append their name to the yielded list, so the loop finishes its step and checkpoints.
-
-    A second Ctrl-C aborts at once (exit status 130). Outside the main thread (where signals cannot be caught) it does
-    nothing."""
-    received = []
-    # After a hangup (a closed terminal or SSH session) writing to the terminal fails: output goes to /dev/null then.
-    ttys = [name for name in ("stdout", "stderr") if is_tty(getattr(sys, name))]
-
-    def handler(signum, frame):
-        if received and signum == signal.SIGINT:
-            print("Aborted by a second Ctrl-C; the last checkpoint written (if any) is intact.", file=sys.stderr)
-            raise SystemExit(130)
-        received.append(signal.Signals(signum).name)
-        if received[-1] == "SIGHUP":
-            for name in ttys:
-                setattr(sys, name, open(os.devnull, "w"))
-        with contextlib.suppress(OSError):  # a closed pipe must not stop the checkpoint
-            print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    signals = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")  # no SIGHUP on Windows
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def is_tty(stream):
-    """Whether stream is a terminal; False for anything that cannot say."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError, OSError):  # replaced by a notebook, closed, ...
-        return False
-
-
-def own_rng(device):
-    """A fork of torch's RNGs for work beside training (plots, samples, evaluation): the training stream is left as it
-    was, so a resumed run draws exactly what an uninterrupted one does."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-
-def pick_device(name):
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
-
-
-def ampere(device):
-    """Whether device is a CUDA GPU of compute capability 8.0 or newer: native bf16 and TF32 units."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def amp_dtype(cfg, device):
-    """The autocast dtype, or None for fp32. auto: bf16 on sm80+, fp16 (with a gradient scaler) on older GPUs."""
-    if cfg.amp == "auto":  # not torch.cuda.is_bf16_supported(): it counts emulation and asks the current device
-        return None if device.type != "cuda" else torch.bfloat16 if ampere(device) else torch.float16
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-
-
-@contextlib.contextmanager
-def process_state(cfg, device):
-    """Set the process-wide switches a run needs, and put every one back afterwards (RNG states included): a notebook
-    that trains twice, or runs anything else next, inherits nothing from this run."""
-    cudnn, env = torch.backends.cudnn, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if cfg.deterministic:
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
-            torch.use_deterministic_algorithms(cfg.deterministic)
-            # Autotuning picks the fastest algorithm per shape, deterministic or not; the shapes are fixed (chunked).
-            cudnn.deterministic, cudnn.benchmark = cfg.deterministic, not cfg.deterministic
-            if ampere(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
-                torch.set_float32_matmul_precision("high")
-                cudnn.allow_tf32 = True
-            yield
-    finally:
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
-        torch.set_float32_matmul_precision(saved[3])
-        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
-        if env is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
-
-
-# Any collective of a training process waits at most STEP_TIMEOUT for the others: the longest wait is the other
-# ranks' while rank 0 writes an epoch's samples, evaluation and checkpoint (minutes). A rank that hangs then ends the
-# run with a timeout error instead of holding every GPU forever. Only the start, where rank 0 alone builds the mel
-# cache and the evaluator's classifier (hours for a large dataset), has a longer limit (rank_zero_first).
-STEP_TIMEOUT, STARTUP_TIMEOUT = datetime.timedelta(minutes=30), datetime.timedelta(hours=6)
-
-
-def setup_distributed(cfg):
-    """(rank, world, device). Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or per CPU with gloo."""
-    device = pick_device(cfg.device)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-@contextlib.contextmanager
-def rank_zero_first(rank, world):
-    """Rank 0 runs the block (writing demo data, the mel cache, the evaluator's classifier) before the other ranks
-    read what it wrote. They wait at a host-side (gloo) barrier allowed STARTUP_TIMEOUT, not at a spinning GPU one."""
-    if world == 1:
-        yield
-        return
-    group = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
-    if rank:
-        dist.barrier(group)
-    yield
-    if not rank:
-        dist.barrier(group)
-    dist.destroy_process_group(group)
-
-
-def restore(ckpt, path, models, opts, scalers, device):
-    """Load a checkpoint's weights (generator, critic, average), optimiser, scaler and RNG states into this run's;
-    a file whose tensors do not fit is refused in one line, not a size-mismatch traceback."""
-    generator, critic, generator_ema = models
-    try:
-        generator.load_state_dict(ckpt["generator"])
-        critic.load_state_dict(ckpt["critic"])
-        if generator_ema is not None:
-            generator_ema.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
-        for opt, state in zip(opts, (ckpt["opt_g"], ckpt["opt_c"])):
-            opt.load_state_dict(state)
-        for scaler, state in zip(scalers, ckpt["scalers"]):
-            if state:  # empty when the run that wrote it was not fp16
-                scaler.load_state_dict(state)
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    except Exception as e:
-        raise SystemExit(f"{path} does not fit this model: {one_line(e)}") from None
-
+# ---------------------------------------------------------------- the training loop
 
 def set_hyperparameters(opts, cfg):
     """Give restored optimisers this run's lr and betas (their saved ones would win); ["lr 0.0002 -> 0.0001", ...]."""
@@ -1496,99 +1558,6 @@ def set_hyperparameters(opts, cfg):
         for g in opt.param_groups:
             g["lr"], g["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
     return [f"{name} {a:g} -> {b:g}" for name, a, b in zip(("lr", "beta1", "beta2"), was, now) if a != b]
-
-
-def unwrap(model):
-    return model.module if isinstance(model, DDP) else model
-
-
-def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
-    """(loss, wdist, gp or None) of one critic step: -wdist + aux_weight * the classification loss of the real clips,
-    + gp_every * lambda_gp * the gradient penalty when penalise.
-
-    Real and fake go through the (DDP) critic in one forward; the penalty calls the unwrapped module. So DDP sees one
-    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
-    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
-    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
-    B = len(labels)
-    with torch.autocast(real.device.type, dtype=dtype, enabled=dtype is not None):  # one DDP call, larger kernels
-        scores, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
-    wdist = scores[:B].float().mean() - scores[B:].float().mean()
-    loss = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
-    if not penalise:
-        return loss, wdist, None
-    gp = gradient_penalty(unwrap(critic), real, fake, labels)
-    return loss + cfg.gp_every * cfg.lambda_gp * gp, wdist, gp
-
-
-def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
-    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
-
-    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
-    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
-    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
-    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
-    device, B = next(unwrap(critic).parameters()).device, cfg.batch_size
-    amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
-    gps = []
-    for i in range(cfg.n_critic):
-        real, labels = data.crops(data.sample(B))
-        with torch.no_grad(), amp():
-            fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
-        # lazy regularisation: the penalty's double backward is dear
-        loss_c, wdist, gp = critic_loss(critic, view(real), view(fake), labels, cfg, dtype,
-                                        (step * cfg.n_critic + i) % cfg.gp_every == 0)
-        gps += [gp] if gp is not None else []
-        opt_c.zero_grad(set_to_none=True)
-        scalers[1].scale(loss_c).backward()
-        scalers[1].step(opt_c)
-        scalers[1].update()
-    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
-    unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
-    with amp():
-        scores, logits = unwrap(critic)(view(generator(torch.randn(B, cfg.latent_dim, device=device), labels)), labels)
-        loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - scores.float().mean()
-    opt_g.zero_grad(set_to_none=True)
-    scalers[0].scale(loss_g).backward()
-    scalers[0].step(opt_g)
-    scalers[0].update()
-    unwrap(critic).requires_grad_(True)
-    gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
-    return torch.stack([loss_c, loss_g, wdist, gp]).detach()
-
-
-def train(cfg):
-    """Train and write every output; returns a dict with the models, the loss history, the classes and paths."""
-    check_config(cfg)
-    rank, world, device = setup_distributed(cfg)
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(process_state(cfg, device))
-            if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
-                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
-            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
-            if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
-                result = run_complete(cfg, ckpt, ckpt_path)
-            else:
-                with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    result = train_process(cfg, rank, world, device, ckpt)
-        if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
-            gc.collect()
-            dist.barrier()
-        return result
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-
-
-def run_complete(cfg, ckpt, path):
-    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
-    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
-          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
-    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
-            "config": cfg, "interrupted": False, "complete": True}
 
 
 def train_process(cfg, rank, world, device, ckpt):
@@ -1776,6 +1745,41 @@ def train_process(cfg, rank, world, device, ckpt):
                 break
     return result(interrupted=epoch < cfg.epochs)  # train() never calls train_process with no epoch left to train
 
+
+def run_complete(cfg, ckpt, path):
+    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
+    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
+          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
+    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
+            "config": cfg, "interrupted": False, "complete": True}
+
+
+def train(cfg):
+    """Train and write every output; returns a dict with the models, the loss history, the classes and paths."""
+    check_config(cfg)
+    rank, world, device = setup_distributed(cfg)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(process_state(cfg, device))
+            if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
+            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
+            if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
+                result = run_complete(cfg, ckpt, ckpt_path)
+            else:
+                with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
+                    result = train_process(cfg, rank, world, device, ckpt)
+        if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
+            gc.collect()
+            dist.barrier()
+        return result
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- generate, evaluate, main
 
 def load_generator(cfg):
     """(generator, checkpoint, cfg with the checkpoint's model sizes, its GanScale, device): generate and evaluate."""
