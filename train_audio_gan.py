@@ -44,6 +44,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 
+# ---------------------------------------------------------------- configuration and command line
+
 def arg(default, help):
     """A Config field whose help text becomes its command-line --help line."""
     return field(default=default, metadata={"help": help})
@@ -113,8 +115,6 @@ class Config:
     checkpoint: str = arg("", "checkpoint for generate and evaluate modes; default out_dir/checkpoint.pt")
     n_generate: int = arg(4, "generate mode: wav files per class")
     generate_class: str = arg("", "generate mode: only this class (default: every class)")
-
-
 # A CPU-sized preset for the synthetic demo, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"):
 # 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
 DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=4, epoch_steps=60, lr=4e-4)
@@ -227,6 +227,32 @@ def device_problems(name):
     return [f"device={name!r} is not available; this machine has auto, cpu{cuda}{', mps' if mps else ''}"]
 
 
+# ---------------------------------------------------------------- files: atomic writes, one-line errors
+
+@contextlib.contextmanager
+def atomic(path):
+    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
+    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:
+        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def one_line(e):
+    """An exception as one short line: torch's messages span many."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
+
+
 # ---------------------------------------------------------------- audio and the HiFi-GAN mel front end
 
 def load_audio(path, sample_rate):
@@ -287,12 +313,10 @@ class MelSpectrogram(nn.Module):
         spec = torch.stft(wav, self.n_fft, self.hop, self.win, self.window, center=False, return_complex=True)
         mag = torch.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)  # (B, n_fft//2+1, frames)
         return torch.log(torch.clamp(self.fb @ mag, min=1e-5))
-
-
 # The GAN never sees raw log-mel: every scaling is an exact, invertible map, and the vocoder always receives
 # HiFi-GAN log-mel. "per_bin" (SpecGAN) centres each mel bin on its dataset mean and divides by 3 of its standard
 # deviations, so quiet high bins matter as much as loud low ones; the statistics travel with the checkpoint, and the
-# training data alone is clipped to [-1, 1] (tanh's range; see MelDataset). "affine" maps the fixed span
+# training data alone is clipped to [-1, 1] (tanh's range; see MelClips). "affine" maps the fixed span
 # [LOG_FLOOR, LOG_FLOOR + 14] = [-11.5, 2.5] onto [-1, 1]: silence is exactly -1 and the loudest peak-normalised
 # audio (about 2.1) stays just under tanh's +1 (a wider span let the generator saturate at +39 dB and paint bright
 # specks). "log1p" is the original design's log1p of the linear mel magnitude, with a ReLU output.
@@ -306,7 +330,7 @@ class GanScale:
         self.kind, self.mean, self.std = kind, mean, std  # mean, std: (n_mels, 1) for "per_bin", else None
 
     @classmethod
-    def fit(cls, kind, frames):
+    def from_data(cls, kind, frames):
         """Statistics of every frame of the data, frames (n_mels, N); only "per_bin" needs any."""
         if kind != "per_bin":
             return cls(kind)
@@ -335,7 +359,7 @@ class GanScale:
         return cls(state["kind"], state["mean"], state["std"])
 
 
-# ---------------------------------------------------------------- dataset: discovery, demo data, cached mels
+# ---------------------------------------------------------------- data: discovery, demo data, cached mels
 
 def discover(base_path, out_dir=None):
     """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped.
@@ -408,16 +432,16 @@ def walk_once(folder, seen, loops, skip=None):
 
 def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
     """Write four classes of clearly different synthetic sounds as wav files (kept if already there)."""
-    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     t = torch.arange(int(seconds * sample_rate)) / sample_rate
-    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=g).item()
+    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=rng).item()
     envelope = torch.clamp(t / 0.02, max=1) * torch.clamp((seconds - t) / 0.1, max=1)
     sounds = {
         "hum": lambda: sum(torch.sin(2 * math.pi * k * rand(90, 140) * t) / k for k in range(1, 6)),
         "whistle": lambda: torch.sin(2 * math.pi * rand(1500, 2500) * t + 8 * torch.sin(2 * math.pi * rand(4, 7) * t)),
         "chirp": lambda: torch.sin(2 * math.pi * torch.cumsum(torch.linspace(rand(200, 400), rand(3000, 5000),
                                                                             len(t)), 0) / sample_rate),
-        "clicks": lambda: torch.randn(len(t), generator=g) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
+        "clicks": lambda: torch.randn(len(t), generator=rng) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
     }
     for name, make in sounds.items():
         for i in range(clips_per_class):
@@ -429,7 +453,7 @@ def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0
     return root
 
 
-class MelDataset:
+class MelClips:
     """Every clip's log-mel in one fp16 (n_mels, total_frames) tensor, on the device when it fits (place); batches are
     random crops, returned in fp32 on the device."""
 
@@ -461,7 +485,7 @@ class MelDataset:
         self.lengths, self.labels = data["lengths"], data["labels"]
         offsets = torch.cumsum(self.lengths, 0) - self.lengths
         # A resumed run keeps the statistics its generator learnt with; SpecGAN's clip at 3 std touches ~1 % of values.
-        self.scale = scale or GanScale.fit(cfg.scaling, data["frames"])
+        self.scale = scale or GanScale.from_data(cfg.scaling, data["frames"])
         frames = self.scale.to_gan(data["frames"])  # (n_mels, total_frames)
         if cfg.scaling == "per_bin":
             frames = frames.clamp(-1, 1)
@@ -560,7 +584,7 @@ def read_mel_cache(path, key, n_classes):
 
 
 def mel_cache_ok(data, n_classes):
-    """Whether data is shaped as MelDataset.build makes it, so that nothing later fails on it."""
+    """Whether data is shaped as MelClips.build makes it, so that nothing later fails on it."""
     try:
         frames, lengths, labels, skipped = (data[k] for k in ("frames", "lengths", "labels", "skipped"))
         return (frames.dim() == 2 and frames.is_floating_point() and lengths.dim() == 1
@@ -583,7 +607,7 @@ def random_crops(frames, offsets, lengths, n_frames, floor):
     return torch.where(pos < length, x, floor).permute(1, 0, 2).unsqueeze(1)
 
 
-# ---------------------------------------------------------------- conditional WGAN-GP
+# ---------------------------------------------------------------- models: generator, critic, EMA, standing stats
 
 class CondBatchNorm(nn.Module):
     """BatchNorm whose gain and bias are looked up per class (BigGAN's conditional BN), or plain BatchNorm."""
@@ -698,6 +722,63 @@ class Critic(nn.Module):
         return score, self.classify(pooled / h[0, 0].numel())
 
 
+def build_models(cfg, n_classes):
+    generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
+                          cfg.arch, cfg.g_cond, "relu" if cfg.scaling == "log1p" else "tanh")
+    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model; BatchNorm statistics are copied (standing_stats re-estimates them)."""
+    # One fused call per list, not a Python loop that launches a kernel per tensor on every step.
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+
+
+@contextlib.contextmanager
+def training_mode(model, mode):
+    """model.train(mode) for the block, then back as it was: BatchNorm uses batch (True) or running (False) stats."""
+    was = model.training
+    model.train(mode)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, seed=0):
+    """Re-estimate BatchNorm statistics for averaged weights (BigGAN's "standing stats"): the raw model's misfit them."""
+    rng, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
+    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+    with training_mode(generator, True):
+        for _ in range(batches):
+            generator(torch.randn(batch_size, latent_dim, generator=rng).to(device),
+                      torch.randint(n_classes, (batch_size,), generator=rng).to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def seeded_noise(class_ids, per_class, latent_dim, seed):
+    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids, from an RNG of their own
+    seeded with seed, so the same seed gives the same noise in every epoch, run and mode."""
+    labels = torch.tensor(list(class_ids)).repeat_interleave(per_class)
+    return torch.randn(len(labels), latent_dim, generator=torch.Generator().manual_seed(seed)), labels
+
+
+def sample_logmels(generator, noise, labels, scale):
+    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
+    with training_mode(generator, False), torch.no_grad():
+        return scale.from_gan(generator(noise, labels)).squeeze(1)
+
+
+# ---------------------------------------------------------------- the WGAN-GP step: penalty, critic loss, step
+
 def augment(x, floor):
     """DiffAugment for mels (B, 1, n_mels, T): a random time shift of up to T/8 and a cutout of T/4 frames, both
     filled with silence (floor (n_mels, 1, 1)). Differentiable, so the same augmentation can be applied to fakes.
@@ -720,37 +801,65 @@ def gradient_penalty(critic, real, fake, labels):
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def build_models(cfg, n_classes):
-    generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
-                          cfg.arch, cfg.g_cond, "relu" if cfg.scaling == "log1p" else "tanh")
-    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
+def unwrap(model):
+    return model.module if isinstance(model, DDP) else model
 
 
-@torch.no_grad()
-def ema_update(ema, model, decay):
-    """ema <- decay * ema + (1 - decay) * model; BatchNorm statistics are copied (standing_stats re-estimates them)."""
-    # One fused call per list, not a Python loop that launches a kernel per tensor on every step.
-    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
+    """(loss, wdist, gp or None) of one critic step: -wdist + aux_weight * the classification loss of the real clips,
+    + gp_every * lambda_gp * the gradient penalty when penalise.
+
+    Real and fake go through the (DDP) critic in one forward; the penalty calls the unwrapped module. So DDP sees one
+    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
+    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
+    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
+    B = len(labels)
+    with torch.autocast(real.device.type, dtype=dtype, enabled=dtype is not None):  # one DDP call, larger kernels
+        critic_out, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
+    wdist = critic_out[:B].float().mean() - critic_out[B:].float().mean()
+    loss = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
+    if not penalise:
+        return loss, wdist, None
+    gp = gradient_penalty(unwrap(critic), real, fake, labels)
+    return loss + cfg.gp_every * cfg.lambda_gp * gp, wdist, gp
 
 
-@torch.no_grad()
-def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, seed=0):
-    """Re-estimate BatchNorm statistics for averaged weights (BigGAN's "standing stats"): the raw model's misfit them."""
-    noise, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
-    norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the batches below
-    was_training = generator.training
-    generator.train()
-    for _ in range(batches):
-        generator(torch.randn(batch_size, latent_dim, generator=noise).to(device),
-                  torch.randint(n_classes, (batch_size,), generator=noise).to(device))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    generator.train(was_training)
+def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
+    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
+
+    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
+    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
+    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
+    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
+    (scaler_g, scaler_c), device, B = scalers, next(unwrap(critic).parameters()).device, cfg.batch_size
+    amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
+    gps = []
+    for i in range(cfg.n_critic):
+        real, labels = data.crops(data.sample(B))
+        with torch.no_grad(), amp():
+            fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
+        # lazy regularisation: the penalty's double backward is dear
+        loss_c, wdist, gp = critic_loss(critic, view(real), view(fake), labels, cfg, dtype,
+                                        (step * cfg.n_critic + i) % cfg.gp_every == 0)
+        gps += [gp] if gp is not None else []
+        opt_c.zero_grad(set_to_none=True)
+        scaler_c.scale(loss_c).backward()
+        scaler_c.step(opt_c)
+        scaler_c.update()
+    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
+    unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
+    with amp():
+        fake = generator(torch.randn(B, cfg.latent_dim, device=device), labels)
+        critic_out, logits = unwrap(critic)(view(fake), labels)
+        loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - critic_out.float().mean()
+    opt_g.zero_grad(set_to_none=True)
+    scaler_g.scale(loss_g).backward()
+    scaler_g.step(opt_g)
+    scaler_g.update()
+    unwrap(critic).requires_grad_(True)
+    gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
+    return torch.stack([loss_c, loss_g, wdist, gp]).detach()
 
 
 # ---------------------------------------------------------------- vocoder: HiFi-GAN (jik876 V1/V2/V3), Griffin-Lim
@@ -863,8 +972,8 @@ def griffin_lim(logmel, cfg, n_iter=32):
     stft = lambda y: torch.stft(y, cfg.n_fft, cfg.hop_length, cfg.win_length, window, return_complex=True)
     istft = lambda s: torch.istft(s, cfg.n_fft, cfg.hop_length, cfg.win_length, window,
                                   length=logmel.shape[-1] * cfg.hop_length)
-    g = torch.Generator(mag.device).manual_seed(0)  # its own RNG: the vocoder must not shift training's
-    angle = torch.exp(2j * math.pi * torch.rand(mag.shape, device=mag.device, generator=g))
+    rng = torch.Generator(mag.device).manual_seed(0)  # its own RNG: the vocoder must not shift training's
+    angle = torch.exp(2j * math.pi * torch.rand(mag.shape, device=mag.device, generator=rng))
     for _ in range(n_iter):
         s = stft(istft(mag * angle))[..., :mag.shape[-1]]
         angle = s / s.abs().clamp(min=1e-8)
@@ -894,30 +1003,12 @@ def vocode(logmel, vocoder, cfg):
     return wav.clamp(-1, 1).float().cpu()
 
 
-# ---------------------------------------------------------------- outputs: wavs, plots, losses, gallery, checkpoints
+# ---------------------------------------------------------------- outputs: wavs, plots, CSV, gallery, checkpoints
 
-@contextlib.contextmanager
-def atomic(path):
-    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
-    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-
-
-def one_line(e):
-    """An exception as one short line: torch's messages span many."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
+def own_rng(device):
+    """A fork of torch's RNGs for work beside training (plots, samples, evaluation): the training stream is left as it
+    was, so a resumed run draws exactly what an uninterrupted one does."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def save_figure(fig, path):
@@ -962,77 +1053,57 @@ def write_thumbnails(logmels, names, folder):
             imsave(tmp, m.numpy(), cmap="magma", vmin=-100, vmax=20, origin="lower", format="png")
 
 
-def plot_losses(history, path):
+def plot_curves(x, curves, path, xlabel, floors=None):
+    """One panel per curve (name -> values at x): the losses by step, or the evaluation metrics by epoch with the real
+    data's values (floors, name -> value) as dashed lines."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(11, 6), layout="constrained")
-    for ax, name in zip(fig.subplots(2, 2).flat, METRICS):
-        ax.plot(history["step"], history[name], lw=1)
-        ax.set(title=name, xlabel="generator step")
+    cols = 2 if len(curves) <= 4 else 3
+    fig = Figure(figsize=(4 + 3.5 * cols, 6), layout="constrained")
+    axes = fig.subplots(-(-len(curves) // cols), cols).flat
+    for ax, (name, values) in zip(axes, curves.items()):
+        ax.plot(x, values, "o-" if floors else "-", lw=1 if floors is None else None, label="generated")
+        if floors:
+            ax.axhline(floors[name], color="gray", ls="--", label="real held-out")
+            ax.legend()
+        ax.set(title=name, xlabel=xlabel)
         ax.grid(alpha=0.3)
+    for ax in axes:  # the grid's spare panels
+        ax.set_axis_off()
     save_figure(fig, path)
 
 
-def write_losses_csv(history, path):
+def write_csv(path, rows, columns):
+    """rows (dicts) as a CSV file with these columns; keys outside them (an older version's columns) are left out."""
     with atomic(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "epoch", *METRICS])
-        w.writerows(zip(history["step"], history["epoch"], *(history[m] for m in METRICS)))
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
-def load_checkpoint(path, cfg=None, classes=None):
-    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
+def write_losses(history, out_dir):
+    """The loss history as out_dir/losses.csv and out_dir/gan_loss_plot.png."""
+    columns = ["step", "epoch", *METRICS]
+    write_csv(os.path.join(out_dir, "losses.csv"), [dict(zip(columns, r)) for r in zip(*(history[c] for c in columns))],
+              columns)
+    plot_curves(history["step"], {m: history[m] for m in METRICS}, os.path.join(out_dir, "gan_loss_plot.png"),
+                "generator step")
+
+
+def read_rows(path):
+    """The rows of a CSV file this script wrote earlier, [] if there is none or it cannot be read."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise SystemExit(f"{path} is not a readable checkpoint of this script ({one_line(e)}).") from None
-    missing = missing_keys(ckpt)
-    if missing:
-        raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
-                         f"Train afresh, or use the version that wrote it.")
-    if cfg is not None:
-        diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
-                if ckpt["config"].get(k) != getattr(cfg, k)]
-        if diff:
-            raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
-    if classes is not None:
-        check_classes(ckpt, classes, path)
-    return ckpt
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
 
 
-CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "scalers", "epoch", "epoch_step", "step",
-                   "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
-
-
-def missing_keys(ckpt):
-    """What a checkpoint of this version has and ckpt lacks: an older version's, or some other weights-only file."""
-    if not isinstance(ckpt, dict):
-        return [f"everything (it holds a {type(ckpt).__name__}, not a dict)"]
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    config, scale = ckpt.get("config"), ckpt.get("gan_scale")
-    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
-    missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
-    missing += [f"{k} as a dict" for k in ("config", "gan_scale", "history", "generator", "critic")
-                if k in ckpt and not isinstance(ckpt[k], dict)]
-    missing += [f"{k} as a number" for k in ("epoch", "epoch_step", "step") if k in ckpt and type(ckpt[k]) is not int]
-    return missing
-
-
-def check_classes(ckpt, classes, path):
-    """Refuse a checkpoint trained on other classes than this dataset's."""
-    if ckpt["classes"] != classes:
-        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
-
-
-def sample_logmels(generator, noise, labels, scale):
-    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        logmel = scale.from_gan(generator(noise, labels)).squeeze(1)
-    generator.train(was_training)
-    return logmel
+def write_eval(rows, out_dir):
+    """Evaluation rows (one per epoch) as out_dir/eval_metrics.csv and out_dir/gan_eval_plot.png."""
+    write_csv(os.path.join(out_dir, "eval_metrics.csv"), rows, rows[-1])
+    plot_curves([int(r["epoch"]) for r in rows], {m: [float(r.get(m) or "nan") for r in rows] for m in EVAL_METRICS},
+                os.path.join(out_dir, "gan_eval_plot.png"), "epoch",
+                {m: float(rows[-1][f"real_{m}"]) for m in EVAL_METRICS})
 
 
 def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, title):
@@ -1133,7 +1204,118 @@ def show_in_notebook(handle, grid_png, wavs, title):
     return handle
 
 
-# ---------------------------------------------------------------- evaluation: a real-data classifier scores what you hear
+CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "scalers", "epoch", "epoch_step", "step",
+                   "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
+
+
+def load_checkpoint(path, cfg=None, classes=None):
+    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SystemExit(f"{path} is not a readable checkpoint of this script ({one_line(e)}).") from None
+    missing = missing_keys(ckpt)
+    if missing:
+        raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
+                         f"Train afresh, or use the version that wrote it.")
+    if cfg is not None:
+        diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
+                if ckpt["config"].get(k) != getattr(cfg, k)]
+        if diff:
+            raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
+    if classes is not None:
+        check_classes(ckpt, classes, path)
+    return ckpt
+
+
+def missing_keys(ckpt):
+    """What a checkpoint of this version has and ckpt lacks: an older version's, or some other weights-only file."""
+    if not isinstance(ckpt, dict):
+        return [f"everything (it holds a {type(ckpt).__name__}, not a dict)"]
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    config, scale = ckpt.get("config"), ckpt.get("gan_scale")
+    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
+    missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
+    missing += [f"{k} as a dict" for k in ("config", "gan_scale", "history", "generator", "critic")
+                if k in ckpt and not isinstance(ckpt[k], dict)]
+    missing += [f"{k} as a number" for k in ("epoch", "epoch_step", "step") if k in ckpt and type(ckpt[k]) is not int]
+    return missing
+
+
+def check_classes(ckpt, classes, path):
+    """Refuse a checkpoint trained on other classes than this dataset's."""
+    if ckpt["classes"] != classes:
+        raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
+
+
+def set_hyperparameters(opts, cfg):
+    """Give restored optimisers this run's lr and betas (their saved ones would win); ["lr 0.0002 -> 0.0001", ...]."""
+    group = opts[0].param_groups[0]
+    was, now = (group["lr"], *group["betas"]), (cfg.lr, cfg.beta1, cfg.beta2)
+    for opt in opts:
+        for g in opt.param_groups:
+            g["lr"], g["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
+    return [f"{name} {a:g} -> {b:g}" for name, a, b in zip(("lr", "beta1", "beta2"), was, now) if a != b]
+
+
+@contextlib.contextmanager
+def refuse_misfit(path, what="this model"):
+    """A checkpoint whose tensors do not fit is refused in one line naming the file, not a size-mismatch traceback."""
+    try:
+        yield
+    except Exception as e:
+        raise SystemExit(f"{path} does not fit {what}: {one_line(e)}") from None
+
+
+def save_checkpoint(run):
+    """Write a training run's state (see Run) to its checkpoint in one step. One written mid-epoch (epoch_step > 0)
+    resumes at that very step."""
+    if run.generator_ema is not None and run.epoch_step:  # mid-epoch: the epoch-end sampling has not re-estimated
+        standing_stats(run.generator_ema, len(run.data.classes), run.cfg.latent_dim)  # them; generate mode samples it
+    device = run.device
+    state = {"generator": unwrap(run.generator).state_dict(), "critic": unwrap(run.critic).state_dict(),
+             "generator_ema": run.generator_ema.state_dict() if run.generator_ema is not None else {},
+             "opt_g": run.opt_g.state_dict(), "opt_c": run.opt_c.state_dict(),
+             "scalers": [run.scaler_g.state_dict(), run.scaler_c.state_dict()],  # a list on disk: [generator, critic]
+             "epoch": run.epoch, "epoch_step": run.epoch_step, "step": run.step, "config": dataclasses.asdict(run.cfg),
+             "classes": run.data.classes, "gan_scale": run.data.scale.state(), "history": run.history,
+             "fixed_noise": run.fixed_noise.cpu(), "running": run.running.cpu(), "rng_cpu": torch.get_rng_state(),
+             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}
+    with atomic(run.ckpt_path) as tmp:
+        torch.save(state, tmp)
+    run.has_checkpoint = True
+
+
+def restore_run(run, ckpt):
+    """Continue a training run from ckpt: weights (generator, critic, average), optimisers, gradient scalers, RNG
+    state, step counters, loss history and the fixed noise."""
+    path, device = run.ckpt_path, run.device
+    with refuse_misfit(path):
+        unwrap(run.generator).load_state_dict(ckpt["generator"])
+        unwrap(run.critic).load_state_dict(ckpt["critic"])
+        if run.generator_ema is not None:
+            run.generator_ema.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
+        run.opt_g.load_state_dict(ckpt["opt_g"])
+        run.opt_c.load_state_dict(ckpt["opt_c"])
+        for scaler, state in zip((run.scaler_g, run.scaler_c), ckpt["scalers"]):
+            if state:  # empty when the run that wrote it was not fp16
+                scaler.load_state_dict(state)
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
+            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    changed = set_hyperparameters((run.opt_g, run.opt_c), run.cfg)
+    run.epoch, run.epoch_step, run.step, run.history = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["history"]
+    if ckpt["fixed_noise"].shape == run.fixed_noise.shape:  # else --samples_per_class changed: fresh noise, same seed
+        run.fixed_noise = ckpt["fixed_noise"]
+    run.running, run.has_checkpoint = ckpt["running"].to(device), True
+    if run.world > 1:
+        torch.manual_seed(run.cfg.seed + run.rank + run.step)  # one saved RNG state cannot serve every rank
+    print(f"Resumed from {path} at epoch {run.epoch}, step {run.step}" + "".join(f"; {c}" for c in changed))
+
+
+# ---------------------------------------------------------------- evaluation: a real-data classifier scores the audio
 
 class Classifier(nn.Module):
     """A small log-mel CNN for the real classes; its 128-d penultimate layer embeds clips for the Frechet distance."""
@@ -1187,7 +1369,7 @@ class Evaluator:
     def __init__(self, cfg, data, device):
         self.cfg, self.device, self.classes = cfg, device, data.classes
         if cfg.eval_path:
-            held = MelDataset(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
+            held = MelClips(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
             if held.classes != data.classes:
                 raise SystemExit(f"eval_path classes {held.classes} differ from the training classes {data.classes}.")
             train_idx, held_data, held_idx = torch.arange(len(data)), held, torch.arange(len(held))
@@ -1226,8 +1408,8 @@ class Evaluator:
     def trained(self, cache, data, idx):
         """A classifier trained from a fixed seed on the clips idx of data, then cached."""
         torch.manual_seed(0)
-        self.model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)  # fit trains self.model
-        self.fit(data, idx)
+        self.model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)  # trained in place
+        self.train_classifier(data, idx)
         try:
             with atomic(cache) as tmp:
                 torch.save(self.model.state_dict(), tmp)
@@ -1239,7 +1421,7 @@ class Evaluator:
         """Real clips as HiFi-GAN log-mel (N, n_mels, n_frames), one crop each."""
         return data.logmels(idx.to(data.labels_d.device)).to(self.device)
 
-    def fit(self, data, idx, batch=64):
+    def train_classifier(self, data, idx, batch=64):
         opt = torch.optim.Adam(self.model.parameters(), 1e-3)
         for _ in tqdm(range(self.cfg.eval_steps), desc="Training the evaluation classifier", leave=False):
             pick = idx[torch.randint(len(idx), (batch,))]
@@ -1264,9 +1446,8 @@ class Evaluator:
 
     def evaluate(self, generator, scale, vocoder, epoch):
         """Score eval_samples clips per class from generator; append them to eval_metrics.csv and redraw the plot."""
-        labels = torch.arange(len(self.classes)).repeat_interleave(self.cfg.eval_samples).to(self.device)
-        noise = torch.randn(len(labels), self.cfg.latent_dim,
-                            generator=torch.Generator().manual_seed(self.cfg.seed + 1)).to(self.device)
+        noise, labels = (t.to(self.device) for t in seeded_noise(range(len(self.classes)), self.cfg.eval_samples,
+                                                                  self.cfg.latent_dim, self.cfg.seed + 1))
         m = self.score(sample_logmels(generator, noise, labels, scale), labels, vocoder)
         ref = self.reference
         print(f"eval epoch {epoch}: accuracy {m['accuracy']:.3f} (real held-out {ref['accuracy']:.3f}), "
@@ -1279,40 +1460,131 @@ class Evaluator:
                **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes, m["per_class"])}}
         path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
         rows = [r for r in read_rows(path) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) != epoch] + [row]
-        with atomic(path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")  # an older version's extra columns
-            w.writeheader()
-            w.writerows(rows)
-        plot_eval(rows, os.path.join(self.cfg.out_dir, "gan_eval_plot.png"))
+        write_eval(rows, self.cfg.out_dir)  # the columns of this row: an older version's extra ones are left out
         return m
 
 
-def read_rows(path):
-    """The rows of a CSV file this script wrote earlier, [] if there is none or it cannot be read."""
+# ---------------------------------------------------------------- runtime: device, AMP, DDP, signals, out_dir lock
+
+def pick_device(name):
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+
+
+def ampere(device):
+    """Whether device is a CUDA GPU of compute capability 8.0 or newer: native bf16 and TF32 units."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def amp_dtype(cfg, device):
+    """The autocast dtype, or None for fp32. auto: bf16 on sm80+, fp16 (with a gradient scaler) on older GPUs."""
+    if cfg.amp == "auto":  # not torch.cuda.is_bf16_supported(): it counts emulation and asks the current device
+        return None if device.type != "cuda" else torch.bfloat16 if ampere(device) else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+@contextlib.contextmanager
+def process_state(cfg, device):
+    """Set the process-wide switches a run needs, and put every one back afterwards (RNG states included): a notebook
+    that trains twice, or runs anything else next, inherits nothing from this run."""
+    cudnn, env = torch.backends.cudnn, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if cfg.deterministic:
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
+            torch.use_deterministic_algorithms(cfg.deterministic)
+            # Autotuning picks the fastest algorithm per shape, deterministic or not; the shapes are fixed (chunked).
+            cudnn.deterministic, cudnn.benchmark = cfg.deterministic, not cfg.deterministic
+            if ampere(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
+                torch.set_float32_matmul_precision("high")
+                cudnn.allow_tf32 = True
+            yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
+        torch.set_float32_matmul_precision(saved[3])
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+# Any collective of a training process waits at most STEP_TIMEOUT for the others: the longest wait is the other
+# ranks' while rank 0 writes an epoch's samples, evaluation and checkpoint (minutes). A rank that hangs then ends the
+# run with a timeout error instead of holding every GPU forever. Only the start, where rank 0 alone builds the mel
+# cache and the evaluator's classifier (hours for a large dataset), has a longer limit (rank_zero_first).
+STEP_TIMEOUT, STARTUP_TIMEOUT = datetime.timedelta(minutes=30), datetime.timedelta(hours=6)
 
 
-def plot_eval(rows, path):
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(14, 6), layout="constrained")
-    epochs = [int(r["epoch"]) for r in rows]
-    axes = fig.subplots(2, 3).flat
-    for ax, name in zip(axes, EVAL_METRICS):
-        ax.plot(epochs, [float(r.get(name) or "nan") for r in rows], "o-", label="generated")
-        ax.axhline(float(rows[-1][f"real_{name}"]), color="gray", ls="--", label="real held-out")
-        ax.set(title=name, xlabel="epoch")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    for ax in axes:  # the grid's spare panel
-        ax.set_axis_off()
-    save_figure(fig, path)
+def setup_distributed(cfg):
+    """(rank, world, device). Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or per CPU with gloo."""
+    device = pick_device(cfg.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
+    return dist.get_rank(), dist.get_world_size(), device
 
 
-# ---------------------------------------------------------------- training
+@contextlib.contextmanager
+def rank_zero_first(rank, world):
+    """Rank 0 runs the block (writing demo data, the mel cache, the evaluator's classifier) before the other ranks
+    read what it wrote. They wait at a host-side (gloo) barrier allowed STARTUP_TIMEOUT, not at a spinning GPU one."""
+    if world == 1:
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
+    if rank:
+        dist.barrier(group)
+    yield
+    if not rank:
+        dist.barrier(group)
+    dist.destroy_process_group(group)
+
+
+def is_tty(stream):
+    """Whether stream is a terminal; False for anything that cannot say."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):  # replaced by a notebook, closed, ...
+        return False
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """SIGINT, SIGTERM and SIGHUP append their name to the yielded list, so the loop finishes its step and checkpoints.
+
+    A second Ctrl-C aborts at once (exit status 130). Outside the main thread (where signals cannot be caught) it does
+    nothing."""
+    received = []
+    # After a hangup (a closed terminal or SSH session) writing to the terminal fails: output goes to /dev/null then.
+    ttys = [name for name in ("stdout", "stderr") if is_tty(getattr(sys, name))]
+
+    def handler(signum, frame):
+        if received and signum == signal.SIGINT:
+            print("Aborted by a second Ctrl-C; the last checkpoint written (if any) is intact.", file=sys.stderr)
+            raise SystemExit(130)
+        received.append(signal.Signals(signum).name)
+        if received[-1] == "SIGHUP":
+            for name in ttys:
+                setattr(sys, name, open(os.devnull, "w"))
+        with contextlib.suppress(OSError):  # a closed pipe must not stop the checkpoint
+            print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    signals = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")  # no SIGHUP on Windows
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
 
 def check_writable(out_dir):
     """Fail before any work if out_dir cannot be written; clear temp files a killed run left behind."""
@@ -1359,223 +1631,262 @@ def claim_out_dir(out_dir):
         os.close(fd)
 
 
-@contextlib.contextmanager
-def stop_requests():
-    """SIGINT, SIGTERM and SIGHUP append their name to the yielded list, so the loop finishes its step and checkpoints.
+# ---------------------------------------------------------------- the training loop
 
-    A second Ctrl-C aborts at once (exit status 130). Outside the main thread (where signals cannot be caught) it does
-    nothing."""
-    received = []
-    # After a hangup (a closed terminal or SSH session) writing to the terminal fails: output goes to /dev/null then.
-    ttys = [name for name in ("stdout", "stderr") if is_tty(getattr(sys, name))]
-
-    def handler(signum, frame):
-        if received and signum == signal.SIGINT:
-            print("Aborted by a second Ctrl-C; the last checkpoint written (if any) is intact.", file=sys.stderr)
-            raise SystemExit(130)
-        received.append(signal.Signals(signum).name)
-        if received[-1] == "SIGHUP":
-            for name in ttys:
-                setattr(sys, name, open(os.devnull, "w"))
-        with contextlib.suppress(OSError):  # a closed pipe must not stop the checkpoint
-            print(f"\n{received[-1]} received: finishing this step, then saving a checkpoint (Ctrl-C again to abort).")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    signals = [signal.SIGINT, signal.SIGTERM] + [signal.SIGHUP] * hasattr(signal, "SIGHUP")  # no SIGHUP on Windows
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def is_tty(stream):
-    """Whether stream is a terminal; False for anything that cannot say."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError, OSError):  # replaced by a notebook, closed, ...
-        return False
+@dataclass
+class Run:
+    """One training process's state: what the loop updates step by step, and what a checkpoint saves of it."""
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    data: MelClips
+    evaluator: object  # an Evaluator on rank 0 when eval_every is set, else None
+    generator: nn.Module  # wrapped in DDP under torchrun
+    critic: nn.Module
+    generator_ema: object  # the weight average that samples are drawn from (rank 0, ema > 0), else None
+    opt_g: torch.optim.Optimizer
+    opt_c: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_c: torch.amp.GradScaler
+    dtype: object  # the autocast dtype, None for fp32
+    vocoder: object
+    fixed_noise: torch.Tensor
+    sample_labels: torch.Tensor
+    ckpt_path: str
+    history: dict = field(default_factory=lambda: {"step": [], "epoch": [], **{m: [] for m in METRICS}})
+    running: torch.Tensor = None  # loss sums on the device since the last log interval
+    epoch: int = 0  # epochs completed
+    epoch_step: int = 0  # steps into the next epoch: a checkpoint written mid-epoch resumes there
+    step: int = 0  # generator steps in all
+    has_checkpoint: bool = False  # a good one to go back to, should a loss turn non-finite
+    stopping: bool = False  # a stop every rank agrees on
+    diverged: bool = False  # the critic's divergence has been reported this epoch
+    view: object = None  # the notebook output that each epoch's samples replace
 
 
-def own_rng(device):
-    """A fork of torch's RNGs for work beside training (plots, samples, evaluation): the training stream is left as it
-    was, so a resumed run draws exactly what an uninterrupted one does."""
-    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+def prepare_data(cfg, rank, world, device, ckpt):
+    """(cfg, clips, evaluator): demo data, the mel cache and the evaluator's classifier, built by rank 0 first."""
+    with rank_zero_first(rank, world):
+        if cfg.base_path == "demo":
+            cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
+                                                                       cfg.sample_rate))
+        scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
+        data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
+        if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
+            raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
+                             f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
+                             f"{len(data) // world} or less, or add data.")
+        evaluator = Evaluator(cfg, data, device) if cfg.eval_every and rank == 0 else None  # trains its classifier
+    data.shard = data.shard[rank::world]
+    return cfg, data, evaluator
 
 
-def pick_device(name):
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+def build_run(cfg, rank, world, device, ckpt):
+    """Data, models, optimisers, gradient scalers, vocoder and fixed noise of one process, restored from ckpt if any."""
+    torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
+    cfg, data, evaluator = prepare_data(cfg, rank, world, device, ckpt)
+    generator, critic = (m.to(device) for m in build_models(cfg, len(data.classes)))
+    fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
+    opt_g, opt_c = (torch.optim.Adam(m.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+                    for m in (generator, critic))
+    dtype = amp_dtype(cfg, device)
+    scaler_g, scaler_c = (torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2))
+    # The same noise every epoch (DCGAN's fixed_noise) from its own seeded RNG: progress is audible.
+    fixed_noise, sample_labels = seeded_noise(range(len(data.classes)), cfg.samples_per_class, cfg.latent_dim, cfg.seed)
+    run = Run(cfg, rank, world, device, data, evaluator, generator, critic,
+              copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,  # for samples
+              opt_g, opt_c, scaler_g, scaler_c, dtype, load_vocoder(cfg, device) if rank == 0 else None,
+              fixed_noise, sample_labels, os.path.join(cfg.out_dir, "checkpoint.pt"),
+              running=torch.zeros(len(METRICS), device=device))  # summed on the device; read once per log_every
+    data.place(device)  # now that the models, optimisers and vocoder hold their memory
+    print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
+          f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
+          f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
+    if ckpt is not None:
+        check_classes(ckpt, data.classes, run.ckpt_path)  # known only now: the checkpoint was read before the data
+        restore_run(run, ckpt)
+    elif rank == 0:
+        plot_real_examples(run)
+    if world > 1:
+        run.generator, run.critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+                                     for m in (generator, critic))
+    run.fixed_noise, run.sample_labels = run.fixed_noise.to(device), run.sample_labels.to(device)
+    return run
 
 
-def ampere(device):
-    """Whether device is a CUDA GPU of compute capability 8.0 or newer: native bf16 and TF32 units."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+def plot_real_examples(run):
+    """One real clip per class, plotted beside the samples so a listener knows what to expect."""
+    data = run.data
+    real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(data.classes))])
+    with own_rng(run.device):
+        real, _ = data.crops(real_idx)
+    plot_mels(data.scale.from_gan(real).cpu(), data.classes,
+              os.path.join(run.cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), run.cfg, "Real examples")
 
 
-def amp_dtype(cfg, device):
-    """The autocast dtype, or None for fp32. auto: bf16 on sm80+, fp16 (with a gradient scaler) on older GPUs."""
-    if cfg.amp == "auto":  # not torch.cuda.is_bf16_supported(): it counts emulation and asks the current device
-        return None if device.type != "cuda" else torch.bfloat16 if ampere(device) else torch.float16
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+class FiniteWatch:
+    """Tracks, on the device and without a host sync, the first step of a run of non-finite losses that persists.
+
+    fp16 overflows now and then; the gradient scaler then skips that update (weights untouched) and lowers its scale.
+    Only non-finite losses that persist for MAX_SKIPS steps are a real NaN. Without a scaler, the first one is."""
+
+    def __init__(self, run):
+        self.run, self.tolerance = run, MAX_SKIPS if run.scaler_g.is_enabled() else 1
+        self.first_bad = torch.tensor(NEVER, device=run.device)
+        self.streak = torch.zeros((), dtype=torch.long, device=run.device)
+
+    def update(self, losses, step):
+        self.streak = torch.where(torch.isfinite(losses).all(), 0, self.streak + 1)
+        self.first_bad = torch.where(self.streak >= self.tolerance,
+                                     torch.clamp(self.first_bad, max=step + 1 - self.streak), self.first_bad)
+
+    def check(self, means=None):
+        """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
+        run, bad, tolerance = self.run, self.first_bad.clone(), self.tolerance
+        if run.world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        if bad.item() == NEVER:
+            return
+        raise SystemExit(f"Non-finite loss at step {bad.item()}"
+                         + (f" and the {tolerance - 1} steps after it (the fp16 gradient scaler skipped them)"
+                            if tolerance > 1 else "")
+                         + (f" (averages of the last {run.cfg.log_every} steps: {means})" if means else "")
+                         + ". Training stopped; " + (
+                             f"the last good checkpoint, {run.ckpt_path}, is untouched. Try a lower --lr or a higher "
+                             f"--lambda_gp, then --resume." if run.has_checkpoint else
+                             "no checkpoint was written yet. Try a lower --lr or a higher --lambda_gp."))
 
 
-@contextlib.contextmanager
-def process_state(cfg, device):
-    """Set the process-wide switches a run needs, and put every one back afterwards (RNG states included): a notebook
-    that trains twice, or runs anything else next, inherits nothing from this run."""
-    cudnn, env = torch.backends.cudnn, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
-             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if cfg.deterministic:
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS refuses determinism without it
-            torch.use_deterministic_algorithms(cfg.deterministic)
-            # Autotuning picks the fastest algorithm per shape, deterministic or not; the shapes are fixed (chunked).
-            cudnn.deterministic, cudnn.benchmark = cfg.deterministic, not cfg.deterministic
-            if ampere(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
-                torch.set_float32_matmul_precision("high")
-                cudnn.allow_tf32 = True
-            yield
-    finally:
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
-        torch.set_float32_matmul_precision(saved[3])
-        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
-        if env is None:
-            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
-        else:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+def log_losses(run, watch, epoch, bar, stop):
+    """At a log interval: average the losses (over ranks, which also agree whether to stop), check them, record them."""
+    cfg = run.cfg
+    if run.world > 1:  # collectives at log intervals only: mean losses, and whether any rank must stop
+        stop_any = torch.tensor(float(bool(stop)), device=run.device)
+        dist.all_reduce(run.running)
+        dist.all_reduce(stop_any, op=dist.ReduceOp.MAX)
+        run.running /= run.world
+        run.stopping = bool(stop_any)
+    means = dict(zip(METRICS, (run.running / cfg.log_every).tolist()))
+    run.running.zero_()
+    watch.check(means)
+    if not all(map(math.isfinite, means.values())):  # and yet not stopped: fp16 overflows the scaler skipped
+        tqdm.write(f"fp16 overflow in the {cfg.log_every} steps to step {run.step}: the gradient scaler skipped those "
+                   f"updates. Training stops only if it persists for {watch.tolerance} steps.")
+    wdist = means["wdist"]
+    if abs(wdist) > cfg.max_wdist and not run.diverged:
+        run.diverged = True  # reported once an epoch, and the run goes on: the user decides
+        tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {wdist:.3g} at step {run.step} exceeds "
+                   f"--max_wdist {cfg.max_wdist:g}. Consider a lower --lr or a higher --lambda_gp.")
+    run.history["step"].append(run.step)
+    run.history["epoch"].append(epoch)
+    for m, v in means.items():
+        run.history[m].append(v)
+    bar.set_postfix({m: f"{v:.3g}" for m, v in means.items()})
 
 
-# Any collective of a training process waits at most STEP_TIMEOUT for the others: the longest wait is the other
-# ranks' while rank 0 writes an epoch's samples, evaluation and checkpoint (minutes). A rank that hangs then ends the
-# run with a timeout error instead of holding every GPU forever. Only the start, where rank 0 alone builds the mel
-# cache and the evaluator's classifier (hours for a large dataset), has a longer limit (rank_zero_first).
-STEP_TIMEOUT, STARTUP_TIMEOUT = datetime.timedelta(minutes=30), datetime.timedelta(hours=6)
+def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
+    """Train epoch's remaining steps; False if a stop (signal or --max_minutes) ends it early, True if it completes."""
+    cfg, scalers = run.cfg, (run.scaler_g, run.scaler_c)
+    run.diverged = False
+    bar = tqdm(range(run.epoch_step, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+               initial=run.epoch_step, total=epoch_steps, disable=run.rank != 0)
+    for epoch_step in bar:
+        losses = wgan_step(run.generator, run.critic, run.opt_g, run.opt_c, scalers, run.data, cfg, run.dtype,
+                           run.step)
+        if run.generator_ema is not None:  # warm-up: early on, the average must not remember the random start
+            ema_update(run.generator_ema, unwrap(run.generator), min(cfg.ema, (1 + run.step) / (10 + run.step)))
+        run.step += 1
+        run.epoch_step = epoch_step + 1
+        if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
+            stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
+        run.running += losses
+        watch.update(losses, run.step)
+        if run.world == 1:
+            run.stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
+        if run.step % cfg.log_every == 0:
+            log_losses(run, watch, epoch, bar, stop)
+        if run.stopping and run.epoch_step < epoch_steps:
+            bar.close()
+            return False
+    run.epoch_step = 0
+    return True
 
 
-def setup_distributed(cfg):
-    """(rank, world, device). Under torchrun (WORLD_SIZE > 1): one process per GPU with NCCL, or per CPU with gloo."""
-    device = pick_device(cfg.device)
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
-    return dist.get_rank(), dist.get_world_size(), device
+def write_epoch_outputs(run, epoch):
+    """Rank 0's end of an epoch: fixed-noise samples (wavs, plots), losses, evaluation, gallery, notebook view."""
+    cfg, data, classes = run.cfg, run.data, run.data.classes
+    with own_rng(run.device):  # nothing here may draw from training's RNG stream: resume stays exact
+        sampler = run.generator_ema if run.generator_ema is not None else unwrap(run.generator)
+        if run.generator_ema is not None:
+            standing_stats(run.generator_ema, len(classes), cfg.latent_dim)
+        logmels = sample_logmels(sampler, run.fixed_noise, run.sample_labels, data.scale)
+        wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
+        grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
+        write_samples(logmels, classes, run.sample_labels.cpu(), run.vocoder, cfg, wav_dir, grid_png,
+                      f"Epoch {epoch}")
+        if run.history["step"]:
+            write_losses(run.history, cfg.out_dir)
+        if run.evaluator is not None and epoch % cfg.eval_every == 0:
+            run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
+        write_gallery(cfg, classes)
+        players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
+        run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
 
 
-@contextlib.contextmanager
-def rank_zero_first(rank, world):
-    """Rank 0 runs the block (writing demo data, the mel cache, the evaluator's classifier) before the other ranks
-    read what it wrote. They wait at a host-side (gloo) barrier allowed STARTUP_TIMEOUT, not at a spinning GPU one."""
-    if world == 1:
-        yield
-        return
-    group = dist.new_group(backend="gloo", timeout=STARTUP_TIMEOUT)
-    if rank:
-        dist.barrier(group)
-    yield
-    if not rank:
-        dist.barrier(group)
-    dist.destroy_process_group(group)
+def end_epoch(run, watch, epoch, t0):
+    """The epoch's outputs and the checkpoint that marks it done (rank 0), with every rank in step."""
+    watch.check()  # one host sync an epoch: never write a checkpoint of NaN weights
+    if run.world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
+        for buffer in unwrap(run.generator).buffers():
+            dist.broadcast(buffer, 0)
+    run.epoch = epoch
+    if run.rank == 0:
+        write_epoch_outputs(run, epoch)
+        save_checkpoint(run)
+    if run.world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
+        dist.barrier()
+    last = {m: round(run.history[m][-1], 4) for m in METRICS} if run.history["step"] else {}
+    print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {time.time() - t0:.1f}s  {last}")
 
 
-def restore(ckpt, path, models, opts, scalers, device):
-    """Load a checkpoint's weights (generator, critic, average), optimiser, scaler and RNG states into this run's;
-    a file whose tensors do not fit is refused in one line, not a size-mismatch traceback."""
-    generator, critic, generator_ema = models
-    try:
-        generator.load_state_dict(ckpt["generator"])
-        critic.load_state_dict(ckpt["critic"])
-        if generator_ema is not None:
-            generator_ema.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])
-        for opt, state in zip(opts, (ckpt["opt_g"], ckpt["opt_c"])):
-            opt.load_state_dict(state)
-        for scaler, state in zip(scalers, ckpt["scalers"]):
-            if state:  # empty when the run that wrote it was not fp16
-                scaler.load_state_dict(state)
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
-            torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    except Exception as e:
-        raise SystemExit(f"{path} does not fit this model: {one_line(e)}") from None
+def run_result(run, interrupted):
+    return {"generator": unwrap(run.generator), "critic": unwrap(run.critic), "generator_ema": run.generator_ema,
+            "history": run.history, "steps": run.step, "classes": run.data.classes, "scale": run.data.scale,
+            "checkpoint": run.ckpt_path, "config": run.cfg, "interrupted": interrupted}
 
 
-def set_hyperparameters(opts, cfg):
-    """Give restored optimisers this run's lr and betas (their saved ones would win); ["lr 0.0002 -> 0.0001", ...]."""
-    group = opts[0].param_groups[0]
-    was, now = (group["lr"], *group["betas"]), (cfg.lr, cfg.beta1, cfg.beta2)
-    for opt in opts:
-        for g in opt.param_groups:
-            g["lr"], g["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
-    return [f"{name} {a:g} -> {b:g}" for name, a, b in zip(("lr", "beta1", "beta2"), was, now) if a != b]
+def train_process(cfg, rank, world, device, ckpt):
+    """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
+    run = build_run(cfg, rank, world, device, ckpt)
+    cfg, watch = run.cfg, FiniteWatch(run)
+    epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
+    deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    with stop_requests() as stop:
+        for epoch in range(run.epoch + 1, cfg.epochs + 1):
+            t0 = time.time()
+            completed = train_epoch(run, watch, epoch, epoch_steps, stop, deadline)
+            if completed:
+                end_epoch(run, watch, epoch, t0)
+            # The one stop path: a stop mid-epoch, or one that came during an epoch's last step or its outputs.
+            if (run.stopping or (world == 1 and stop)) and (not completed or epoch < cfg.epochs):
+                if not completed:
+                    watch.check()
+                    if rank == 0:
+                        save_checkpoint(run)  # mid-epoch: resume continues this very step
+                where = f"after epoch {epoch}" if completed else f"at epoch {epoch}, step {run.step}"
+                print(f"Stopped by {stop[0] if stop else 'a signal'} {where}. Checkpoint saved to {run.ckpt_path}.\n"
+                      f"Resume with the same flags plus --resume.")
+                return run_result(run, interrupted=True)
+    return run_result(run, interrupted=False)  # train() never calls train_process with no epoch left to train
 
 
-def unwrap(model):
-    return model.module if isinstance(model, DDP) else model
-
-
-def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
-    """(loss, wdist, gp or None) of one critic step: -wdist + aux_weight * the classification loss of the real clips,
-    + gp_every * lambda_gp * the gradient penalty when penalise.
-
-    Real and fake go through the (DDP) critic in one forward; the penalty calls the unwrapped module. So DDP sees one
-    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
-    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
-    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
-    B = len(labels)
-    with torch.autocast(real.device.type, dtype=dtype, enabled=dtype is not None):  # one DDP call, larger kernels
-        scores, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
-    wdist = scores[:B].float().mean() - scores[B:].float().mean()
-    loss = cfg.aux_weight * F.cross_entropy(logits[:B].float(), labels) - wdist
-    if not penalise:
-        return loss, wdist, None
-    gp = gradient_penalty(unwrap(critic), real, fake, labels)
-    return loss + cfg.gp_every * cfg.lambda_gp * gp, wdist, gp
-
-
-def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
-    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
-
-    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
-    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
-    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
-    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
-    device, B = next(unwrap(critic).parameters()).device, cfg.batch_size
-    amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
-    gps = []
-    for i in range(cfg.n_critic):
-        real, labels = data.crops(data.sample(B))
-        with torch.no_grad(), amp():
-            fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
-        # lazy regularisation: the penalty's double backward is dear
-        loss_c, wdist, gp = critic_loss(critic, view(real), view(fake), labels, cfg, dtype,
-                                        (step * cfg.n_critic + i) % cfg.gp_every == 0)
-        gps += [gp] if gp is not None else []
-        opt_c.zero_grad(set_to_none=True)
-        scalers[1].scale(loss_c).backward()
-        scalers[1].step(opt_c)
-        scalers[1].update()
-    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
-    unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
-    with amp():
-        scores, logits = unwrap(critic)(view(generator(torch.randn(B, cfg.latent_dim, device=device), labels)), labels)
-        loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - scores.float().mean()
-    opt_g.zero_grad(set_to_none=True)
-    scalers[0].scale(loss_g).backward()
-    scalers[0].step(opt_g)
-    scalers[0].update()
-    unwrap(critic).requires_grad_(True)
-    gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
-    return torch.stack([loss_c, loss_g, wdist, gp]).detach()
+def run_complete(cfg, ckpt, path):
+    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
+    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
+          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
+    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
+            "config": cfg, "interrupted": False, "complete": True}
 
 
 def train(cfg):
@@ -1593,7 +1904,7 @@ def train(cfg):
                 result = run_complete(cfg, ckpt, ckpt_path)
             else:
                 with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    result = fit(cfg, rank, world, device, ckpt)
+                    result = train_process(cfg, rank, world, device, ckpt)
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
             dist.barrier()
@@ -1603,199 +1914,7 @@ def train(cfg):
             dist.destroy_process_group()
 
 
-def run_complete(cfg, ckpt, path):
-    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
-    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
-          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
-    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
-            "config": cfg, "interrupted": False, "complete": True}
-
-
-def fit(cfg, rank, world, device, ckpt):
-    """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
-    ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
-    torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
-    with rank_zero_first(rank, world):
-        if cfg.base_path == "demo":
-            cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
-                                                                       cfg.sample_rate))
-        scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
-        data = MelDataset(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
-        if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
-            raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
-                             f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
-                             f"{len(data) // world} or less, or add data.")
-        evaluator = Evaluator(cfg, data, device) if cfg.eval_every and rank == 0 else None  # trains its classifier
-    classes = data.classes
-    data.shard = data.shard[rank::world]
-    generator, critic = (m.to(device) for m in build_models(cfg, len(classes)))
-    generator_ema = copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None  # for samples
-    fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
-    opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-    opt_c = torch.optim.Adam(critic.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-    dtype = amp_dtype(cfg, device)
-    scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
-    vocoder = load_vocoder(cfg, device) if rank == 0 else None
-    data.place(device)  # now that the models, optimisers and vocoder hold their memory
-    print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
-          f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
-          f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
-
-    # The same noise every epoch (DCGAN's fixed_noise) from its own seeded generator: progress is audible.
-    sample_labels = torch.arange(len(classes)).repeat_interleave(cfg.samples_per_class)
-    fixed_noise = torch.randn(len(sample_labels), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    history = {"step": [], "epoch": [], **{m: [] for m in METRICS}}
-    running = torch.zeros(len(METRICS), device=device)  # summed on the device; read once per log_every steps
-    epoch0, epoch_step0, step = 0, 0, 0
-    if ckpt is not None:
-        check_classes(ckpt, classes, ckpt_path)  # known only now: the checkpoint was read before the data
-        restore(ckpt, ckpt_path, (unwrap(generator), critic, generator_ema), (opt_g, opt_c), scalers, device)
-        changed = set_hyperparameters((opt_g, opt_c), cfg)
-        epoch0, epoch_step0, step, history = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["history"]
-        if ckpt["fixed_noise"].shape == fixed_noise.shape:  # else --samples_per_class changed: fresh noise, same seed
-            fixed_noise = ckpt["fixed_noise"]
-        running = ckpt["running"].to(device)
-        if world > 1:
-            torch.manual_seed(cfg.seed + rank + step)  # one saved RNG state cannot serve every rank
-        print(f"Resumed from {ckpt_path} at epoch {epoch0}, step {step}" + "".join(f"; {c}" for c in changed))
-    elif rank == 0:
-        real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(classes))])
-        with own_rng(device):
-            real, _ = data.crops(real_idx)
-        plot_mels(data.scale.from_gan(real).cpu(), classes,
-                  os.path.join(cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), cfg, "Real examples")
-    if world > 1:
-        generator, critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
-                             for m in (generator, critic))
-    fixed_noise, sample_labels = fixed_noise.to(device), sample_labels.to(device)
-    epoch_steps = cfg.epoch_steps or max(1, len(data) // (cfg.batch_size * cfg.n_critic * world))
-    first_bad = torch.tensor(NEVER, device=device)  # first step with a non-finite loss, tracked without a host sync
-    # fp16 overflows now and then; the gradient scaler then skips that update (weights untouched) and lowers its scale.
-    # Only non-finite losses that persist for MAX_SKIPS steps are a real NaN. Without a scaler, the first one is.
-    tolerance, streak = MAX_SKIPS if scalers[0].is_enabled() else 1, torch.zeros((), dtype=torch.long, device=device)
-
-    has_checkpoint = ckpt is not None  # a good one to go back to, should a loss turn non-finite
-
-    def check_finite(values=None):
-        """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
-        bad = first_bad.clone()
-        if world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
-        if bad.item() != NEVER:
-            raise SystemExit(f"Non-finite loss at step {bad.item()}"
-                             + (f" and the {tolerance - 1} steps after it (the fp16 gradient scaler skipped them)"
-                                if tolerance > 1 else "")
-                             + (f" (averages of the last {cfg.log_every} steps: {dict(zip(METRICS, values))})"
-                                if values else "") + ". Training stopped; " + (
-                                 f"the last good checkpoint, {ckpt_path}, is untouched. Try a lower --lr or a higher "
-                                 f"--lambda_gp, then --resume." if has_checkpoint else
-                                 "no checkpoint was written yet. Try a lower --lr or a higher --lambda_gp."))
-    view = None  # the notebook output that each epoch's samples replace
-    resume_hint = f"Checkpoint saved to {ckpt_path}.\nResume with the same flags plus --resume."
-
-    def save_checkpoint(epoch_done, epoch_step):
-        if generator_ema is not None and epoch_step:  # mid-epoch: the epoch-end sampling has not re-estimated them
-            standing_stats(generator_ema, len(classes), cfg.latent_dim)  # generate and evaluate modes sample these
-        state = {"generator": unwrap(generator).state_dict(), "critic": unwrap(critic).state_dict(),
-                 "generator_ema": generator_ema.state_dict() if generator_ema is not None else {},
-                 "opt_g": opt_g.state_dict(), "opt_c": opt_c.state_dict(), "scalers": [s.state_dict() for s in scalers],
-                 "epoch": epoch_done, "epoch_step": epoch_step, "step": step, "config": dataclasses.asdict(cfg),
-                 "classes": classes, "gan_scale": data.scale.state(), "history": history,
-                 "fixed_noise": fixed_noise.cpu(), "running": running.cpu(),
-                 "rng_cpu": torch.get_rng_state(),
-                 "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0)}
-        with atomic(ckpt_path) as tmp:
-            torch.save(state, tmp)
-        nonlocal has_checkpoint
-        has_checkpoint = True
-
-    def result(interrupted):
-        return {"generator": unwrap(generator), "critic": unwrap(critic), "generator_ema": generator_ema,
-                "history": history, "steps": step, "classes": classes, "scale": data.scale, "checkpoint": ckpt_path,
-                "config": cfg,
-                "interrupted": interrupted}
-
-    deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
-    with stop_requests() as stop:
-        for epoch in range(epoch0 + 1, cfg.epochs + 1):
-            t0, diverged, stopping = time.time(), False, False
-            bar = tqdm(range(epoch_step0, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                       initial=epoch_step0, total=epoch_steps, disable=rank != 0)
-            for epoch_step in bar:
-                losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step)
-                if generator_ema is not None:  # warm-up: early on, the average must not remember the random start
-                    ema_update(generator_ema, unwrap(generator), min(cfg.ema, (1 + step) / (10 + step)))
-                step += 1
-                if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
-                    stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
-                running += losses
-                streak = torch.where(torch.isfinite(losses).all(), 0, streak + 1)
-                first_bad = torch.where(streak >= tolerance, torch.clamp(first_bad, max=step + 1 - streak), first_bad)
-                if world == 1:
-                    stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
-                if step % cfg.log_every == 0:
-                    if world > 1:  # collectives at log intervals only: mean losses, and whether any rank must stop
-                        stop_any = torch.tensor(float(bool(stop)), device=device)
-                        dist.all_reduce(running)
-                        dist.all_reduce(stop_any, op=dist.ReduceOp.MAX)
-                        running /= world
-                        stopping = bool(stop_any)
-                    values = (running / cfg.log_every).tolist()
-                    running.zero_()
-                    check_finite(values)
-                    if not all(map(math.isfinite, values)):  # and yet not stopped: fp16 overflows the scaler skipped
-                        tqdm.write(f"fp16 overflow in the {cfg.log_every} steps to step {step}: the gradient scaler "
-                                   f"skipped those updates. Training stops only if it persists for {tolerance} steps.")
-                    if abs(values[2]) > cfg.max_wdist and not diverged:
-                        diverged = True  # reported once an epoch, and the run goes on: the user decides
-                        tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {values[2]:.3g} at step "
-                                   f"{step} exceeds --max_wdist {cfg.max_wdist:g}. Consider a lower --lr or a higher "
-                                   f"--lambda_gp.")
-                    history["step"].append(step)
-                    history["epoch"].append(epoch)
-                    for m, v in zip(METRICS, values):
-                        history[m].append(v)
-                    bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
-                if stopping and epoch_step + 1 < epoch_steps:
-                    bar.close()
-                    check_finite()
-                    if rank == 0:
-                        save_checkpoint(epoch - 1, epoch_step + 1)  # mid-epoch: resume continues this very step
-                    print(f"Stopped by {stop[0] if stop else 'a signal'} at epoch {epoch}, step {step}. {resume_hint}")
-                    return result(interrupted=True)
-            epoch_step0 = 0
-            check_finite()  # one host sync an epoch: never write a checkpoint of NaN weights
-            if world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
-                for buffer in unwrap(generator).buffers():
-                    dist.broadcast(buffer, 0)
-            if rank == 0:  # end of epoch: fixed-noise samples, plots, losses, then the checkpoint that marks it done
-                with own_rng(device):  # nothing here may draw from training's RNG stream: resume stays exact
-                    sampler = generator_ema if generator_ema is not None else unwrap(generator)
-                    if generator_ema is not None:
-                        standing_stats(generator_ema, len(classes), cfg.latent_dim)
-                    logmels = sample_logmels(sampler, fixed_noise, sample_labels, data.scale)
-                    wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
-                    grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
-                    write_samples(logmels, classes, sample_labels.cpu(), vocoder, cfg, wav_dir, grid_png,
-                                  f"Epoch {epoch}")
-                    if history["step"]:
-                        plot_losses(history, os.path.join(cfg.out_dir, "gan_loss_plot.png"))
-                        write_losses_csv(history, os.path.join(cfg.out_dir, "losses.csv"))
-                    if evaluator is not None and epoch % cfg.eval_every == 0:
-                        evaluator.evaluate(sampler, data.scale, vocoder, epoch)
-                    write_gallery(cfg, classes)
-                    players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
-                    view = show_in_notebook(view, grid_png, players, f"Epoch {epoch}")
-                save_checkpoint(epoch, 0)
-            if world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
-                dist.barrier()
-            last = {m: round(history[m][-1], 4) for m in METRICS} if history["step"] else {}
-            print(f"epoch {epoch}/{cfg.epochs}  step {step}  {time.time() - t0:.1f}s  {last}")
-            if (stopping or (world == 1 and stop)) and epoch < cfg.epochs:  # after the last one there is nothing left
-                print(f"Stopped by {stop[0] if stop else 'a signal'} after epoch {epoch}. {resume_hint}")
-                break
-    return result(interrupted=epoch < cfg.epochs)  # train() never calls fit with no epoch left to train
-
+# ---------------------------------------------------------------- generate, evaluate, main
 
 def load_generator(cfg):
     """(generator, checkpoint, cfg with the checkpoint's model sizes, its GanScale, device): generate and evaluate."""
@@ -1805,10 +1924,8 @@ def load_generator(cfg):
     ckpt = load_checkpoint(path)
     saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
     generator, _ = build_models(saved, len(ckpt["classes"]))
-    try:
+    with refuse_misfit(path, "the model its config describes"):
         generator.load_state_dict(ckpt["generator_ema"] or ckpt["generator"])  # the averaged weights if there are any
-    except Exception as e:
-        raise SystemExit(f"{path} does not fit the model its config describes: {one_line(e)}") from None
     return generator.to(device), ckpt, saved, GanScale.from_state(ckpt["gan_scale"]), device
 
 
@@ -1819,8 +1936,7 @@ def generate(cfg):
     if cfg.generate_class and cfg.generate_class not in classes:
         raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
     chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
-    labels = torch.tensor(chosen).repeat_interleave(cfg.n_generate).to(device)
-    noise = torch.randn(len(labels), saved.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    noise, labels = (t.to(device) for t in seeded_noise(chosen, cfg.n_generate, saved.latent_dim, cfg.seed))
     wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", "generated")
     write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(), load_vocoder(saved, device),
                   saved, wav_dir, os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png"),
@@ -1834,7 +1950,7 @@ def evaluate(cfg):
     generator, ckpt, saved, scale, device = load_generator(cfg)
     if cfg.base_path == "demo":
         saved = dataclasses.replace(saved, base_path=ckpt["config"]["base_path"])
-    data = MelDataset(saved, device, scale)
+    data = MelClips(saved, device, scale)
     if data.classes != ckpt["classes"]:
         raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
     return Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])

@@ -175,7 +175,7 @@ def ddp_worker(args):
     rank, world, device = tag.setup_distributed(cfg)
     with tag.process_state(cfg, device):
         torch.manual_seed(rank)
-        dataset = tag.MelDataset(cfg, device)  # the cache the single-process part built
+        dataset = tag.MelClips(cfg, device)  # the cache the single-process part built
         dataset.shard = dataset.shard[rank::world]
         models = [tag.DDP(m.to(device), device_ids=[device.index] if device.type == "cuda" else None)
                   for m in tag.build_models(cfg, len(dataset.classes))]

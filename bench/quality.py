@@ -50,7 +50,7 @@ def judge(data_root, out, device):
     """The shared evaluator: its classifier and real floors do not depend on any variant's GAN scaling."""
     cfg = tag.Config(base_path=os.path.join(data_root, "train"), eval_path=os.path.join(data_root, "test"),
                      out_dir=out, device=device, scaling="affine", **PRESET)
-    return tag.Evaluator(cfg, tag.MelDataset(cfg, tag.pick_device(device)), tag.pick_device(device))
+    return tag.Evaluator(cfg, tag.MelClips(cfg, tag.pick_device(device)), tag.pick_device(device))
 
 
 def main():

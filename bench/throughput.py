@@ -57,7 +57,7 @@ def timed(cfg, device, loop, steps, warmup, data_dir):
     import torch
     import train_audio_gan as tag
     torch.manual_seed(0)
-    data = tag.MelDataset(cfg, device)  # ours reads the cache built before timing; the reference only its labels
+    data = tag.MelClips(cfg, device)  # ours reads the cache built before timing; the reference only its labels
     generator, critic = (m.to(device) for m in tag.build_models(cfg, len(data.classes)))
     fused = device.type == "cuda"
     opt_g = torch.optim.Adam(generator.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused and loop == "ours")
@@ -190,7 +190,7 @@ def main():
         if data == "demo":
             data = tag.make_demo_dataset(os.path.join(out, "demo_data"), 22050)
         import torch
-        tag.MelDataset(tag.Config(base_path=data, out_dir=out, **SIZES[args.size]), torch.device("cpu"))  # cache
+        tag.MelClips(tag.Config(base_path=data, out_dir=out, **SIZES[args.size]), torch.device("cpu"))  # cache
         runs = []
         for _ in range(args.repeats):
             for loop in ("ours", "reference"):  # interleaved, so drift in machine load hits both alike

@@ -34,7 +34,7 @@ def test_single_class_is_refused(tmp_path):
 
 
 def test_dataset_tensor_labels_and_counts(tiny_dataset, tmp_path):
-    data = tag.MelDataset(tiny_config(tiny_dataset, tmp_path / "out"), torch.device("cpu"))
+    data = tag.MelClips(tiny_config(tiny_dataset, tmp_path / "out"), torch.device("cpu"))
     assert len(data) == 12
     assert torch.bincount(data.labels).tolist() == [4, 4, 4]
     assert data.frames.dim() == 2 and data.frames.shape[0] == 80
@@ -43,7 +43,7 @@ def test_dataset_tensor_labels_and_counts(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("scaling", ["affine", "per_bin", "log1p"])
 def test_clips_are_kept_in_fp16_within_its_rounding_and_batches_are_fp32(tiny_dataset, tmp_path, scaling):
-    data = tag.MelDataset(tiny_config(tiny_dataset, tmp_path / "out", scaling=scaling), torch.device("cpu"))
+    data = tag.MelClips(tiny_config(tiny_dataset, tmp_path / "out", scaling=scaling), torch.device("cpu"))
     assert data.frames.dtype == torch.float16  # half the memory of fp32
     logmel = torch.load(next((tmp_path / "out" / "mel_cache").glob("*.pt")), weights_only=True)["frames"]
     exact = data.scale.to_gan(logmel)
@@ -61,7 +61,7 @@ def test_clips_are_kept_in_fp16_within_its_rounding_and_batches_are_fp32(tiny_da
 
 def test_short_clips_pad_with_silence_long_clips_crop(tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_dataset, tmp_path / "out", n_frames=32)
-    data = tag.MelDataset(cfg, torch.device("cpu"))
+    data = tag.MelClips(cfg, torch.device("cpu"))
     floor = data.floor.view(80, 1)
     short = int(torch.argmin(data.lengths))
     n = int(data.lengths[short])
@@ -88,13 +88,13 @@ def test_short_clips_pad_with_silence_long_clips_crop(tiny_dataset, tmp_path):
 
 def test_cache_hit_skips_decoding(tiny_dataset, tmp_path, monkeypatch):
     cfg = tiny_config(tiny_dataset, tmp_path / "out")
-    first = tag.MelDataset(cfg, torch.device("cpu"))
+    first = tag.MelClips(cfg, torch.device("cpu"))
     assert not first.cache_hit
 
     def fail(*a, **k):
         raise AssertionError("cache hit must not decode audio again")
-    monkeypatch.setattr(tag.MelDataset, "build", staticmethod(fail))
-    second = tag.MelDataset(cfg, torch.device("cpu"))
+    monkeypatch.setattr(tag.MelClips, "build", staticmethod(fail))
+    second = tag.MelClips(cfg, torch.device("cpu"))
     assert second.cache_hit
     assert torch.equal(first.frames, second.frames)
 
@@ -102,7 +102,7 @@ def test_cache_hit_skips_decoding(tiny_dataset, tmp_path, monkeypatch):
 @pytest.mark.parametrize("change", ["rewrite", "add", "remove", "n_mels"])
 def test_stale_cache_is_never_used(tiny_dataset, tmp_path, change):
     cfg = tiny_config(tiny_dataset, tmp_path / "out")
-    first = tag.MelDataset(cfg, torch.device("cpu"))
+    first = tag.MelClips(cfg, torch.device("cpu"))
     target = os.path.join(tiny_dataset, "low", "l0.wav")
     if change == "rewrite":
         write_tone(target, 700, seconds=0.9)  # new content, size and mtime
@@ -112,7 +112,7 @@ def test_stale_cache_is_never_used(tiny_dataset, tmp_path, change):
         os.remove(target)
     else:
         cfg = tiny_config(tiny_dataset, tmp_path / "out", n_mels=64)
-    second = tag.MelDataset(cfg, torch.device("cpu"))
+    second = tag.MelClips(cfg, torch.device("cpu"))
     assert not second.cache_hit
     if change == "add":
         assert len(second) == len(first) + 1

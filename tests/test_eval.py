@@ -41,7 +41,7 @@ def easy_classes(tmp_path):
 
 def test_classifier_scores_real_high_and_noise_at_chance(easy_classes, tmp_path):
     cfg = tiny_config(easy_classes, tmp_path / "out", eval_steps=150)
-    data = tag.MelDataset(cfg, torch.device("cpu"))
+    data = tag.MelClips(cfg, torch.device("cpu"))
     ev = tag.Evaluator(cfg, data, torch.device("cpu"))
     assert ev.reference["accuracy"] == 1.0  # the classifier separates the easy classes on held-out clips
     idx = torch.arange(len(data))
@@ -62,7 +62,7 @@ def test_eval_every_writes_metrics_and_evaluate_mode(easy_classes, tmp_path, mon
             "accuracy/low"} <= set(rows[0])
     assert (out / "gan_eval_plot.png").stat().st_size > 1000
     assert os.path.exists(out / "checkpoint.pt")
-    monkeypatch.setattr(tag.Evaluator, "fit", lambda *a, **k: pytest.fail("the cached classifier must be reused"))
+    monkeypatch.setattr(tag.Evaluator, "train_classifier", lambda *a, **k: pytest.fail("the cached classifier must be reused"))
     m = tag.evaluate(tag.Config(mode="evaluate", out_dir=str(out), eval_samples=4, eval_steps=50,
                                 vocoder="griffinlim", device="cpu"))
     assert 0 <= m["accuracy"] <= 1 and len(m["per_class"]) == 3

@@ -81,7 +81,7 @@ def test_gan_scaling_round_trip(kind):
     torch.manual_seed(0)
     frames = math.log(1e-5) + 13 * torch.rand(80, 500)  # (n_mels, N) training log-mels, for the per-bin statistics
     frames[70:] = math.log(1e-5)  # bins that are always silent (8 kHz audio above 4 kHz): their std is floored
-    scale = tag.GanScale.fit(kind, frames)
+    scale = tag.GanScale.from_data(kind, frames)
     logmel = math.log(1e-5) + 14 * torch.rand(3, 80, 40)  # (B, n_mels, T), beyond the data's range too
     assert torch.allclose(scale.from_gan(scale.to_gan(logmel)), logmel, atol=1e-4)
     floor = scale.to_gan(torch.full((80, 1), math.log(1e-5)))
@@ -94,14 +94,14 @@ def test_per_bin_scaling_normalises_each_bin():
     torch.manual_seed(0)
     spread, centre = torch.tensor([[0.6], [1.0], [2.0], [3.0]]), torch.tensor([[-9.0], [-5.0], [-3.0], [0.0]])
     frames = torch.randn(4, 10000) * spread + centre
-    x = tag.GanScale.fit("per_bin", frames).to_gan(frames)
+    x = tag.GanScale.from_data("per_bin", frames).to_gan(frames)
     assert torch.allclose(x.mean(1), torch.zeros(4), atol=1e-3)
     assert torch.allclose(x.std(1), torch.full((4,), 1 / 3), atol=1e-3)  # 3 standard deviations = 1: tanh's range
 
 
 def test_dataset_clips_per_bin_values_to_tanh_range(tiny_dataset, tmp_path):
     from conftest import tiny_config
-    data = tag.MelDataset(tiny_config(tiny_dataset, tmp_path / "out", scaling="per_bin"), torch.device("cpu"))
+    data = tag.MelClips(tiny_config(tiny_dataset, tmp_path / "out", scaling="per_bin"), torch.device("cpu"))
     assert data.frames.abs().max() <= 1
     raw = torch.load(next((tmp_path / "out" / "mel_cache").glob("*.pt")), weights_only=True)["frames"]
     inside = data.scale.to_gan(raw).abs() < 1

@@ -197,7 +197,7 @@ def test_ema_update_is_one_fused_call_equal_to_the_loop(monkeypatch):
 
 
 class FakeData:
-    """What wgan_step reads from MelDataset: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
+    """What wgan_step reads from MelClips: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
 
     def __init__(self):
         self.labels_d, self.floor = torch.arange(12) % 3, torch.full((16, 1, 1), -1.0)

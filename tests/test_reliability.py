@@ -75,7 +75,7 @@ def test_every_malformed_file_is_skipped_with_its_reason(tmp_path, capsys):
     assert "Ignored 2 non-audio file(s)" in out  # notes.txt and cover.png; .DS_Store is hidden
     assert "bad (5)" in out and "fine (4)" in out  # the usable ones: good, truncated.wav, 8-bit, 24-bit, 96k stereo
     assert torch.isfinite(torch.tensor(result["history"]["loss/critic"])).all()
-    tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out"), torch.device("cpu"))  # cache hit
+    tag.MelClips(tiny_config(str(tmp_path / "data"), tmp_path / "out"), torch.device("cpu"))  # cache hit
     assert capsys.readouterr().out.count("Skipping") == n_skipped  # still reported when the cache is used
 
 
@@ -89,7 +89,7 @@ def test_unreadable_file_is_skipped(tmp_path, monkeypatch, capsys):
         real = tag.sf.SoundFile
         monkeypatch.setattr(tag.sf, "SoundFile", lambda path, *a, **k: (_ for _ in ()).throw(
             PermissionError(13, "Permission denied", path)) if path == locked else real(path, *a, **k))
-    data = tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
+    data = tag.MelClips(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
     assert len(data) == 3
     assert f"Skipping {locked!r}: unreadable" in capsys.readouterr().out
 
@@ -421,7 +421,7 @@ def test_stale_or_foreign_checkpoints_are_refused_in_one_line(trained, tiny_data
 @pytest.mark.parametrize("content", ["right key, wrong shape", "a list", "truncated"])
 def test_malformed_mel_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, capsys, content):
     cfg = tiny_config(tiny_dataset, tmp_path / "out")
-    first = tag.MelDataset(cfg, torch.device("cpu"))
+    first = tag.MelClips(cfg, torch.device("cpu"))
     (cache,) = (tmp_path / "out" / "mel_cache").glob("*.pt")
     if content == "right key, wrong shape":
         torch.save({"key": first.key, "frames": [1.0, 2.0], "lengths": [], "labels": [], "skipped": []}, cache)
@@ -430,15 +430,15 @@ def test_malformed_mel_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, ca
     else:
         cache.write_bytes(cache.read_bytes()[:200])
     capsys.readouterr()
-    again = tag.MelDataset(cfg, torch.device("cpu"))
+    again = tag.MelClips(cfg, torch.device("cpu"))
     assert not again.cache_hit and torch.equal(again.frames, first.frames)
     assert len([line for line in capsys.readouterr().out.splitlines() if "Rebuilding" in line]) == 1
-    assert tag.MelDataset(cfg, torch.device("cpu")).cache_hit  # the rebuilt cache was written
+    assert tag.MelClips(cfg, torch.device("cpu")).cache_hit  # the rebuilt cache was written
 
 
 def test_truncated_evaluation_classifier_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, capsys):
     cfg = tiny_config(tiny_dataset, tmp_path / "out", eval_steps=5, eval_samples=2)
-    data = tag.MelDataset(cfg, torch.device("cpu"))
+    data = tag.MelClips(cfg, torch.device("cpu"))
     first = tag.Evaluator(cfg, data, torch.device("cpu"))
     (cache,) = (tmp_path / "out" / "mel_cache").glob("classifier-*.pt")
     cache.write_bytes(cache.read_bytes()[:300])
