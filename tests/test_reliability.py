@@ -542,7 +542,7 @@ def test_names_with_newlines_keep_skip_reports_on_one_line(tmp_path, capsys):
         for i in range(2):
             write_tone(str(tmp_path / "data" / c / f"{i}.wav"), 300 + 100 * i)
     (tmp_path / "data" / "b\nc" / "bad\nname.wav").write_bytes(b"not audio")
-    data = tag.MelDataset(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
+    data = tag.MelClips(tiny_config(str(tmp_path / "data"), tmp_path / "out", batch_size=2), torch.device("cpu"))
     assert data.classes == ["a", "b\nc"]
     lines = capsys.readouterr().out.splitlines()
     skips = [line for line in lines if line.startswith("Skipping")]
