@@ -1,0 +1,77 @@
+"""Config as the single source of choices, bounds and presets; logs that fit where they go; a run that says where its
+outputs are; TensorBoard."""
+import argparse
+import dataclasses
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tag, tiny_config
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_audio_gan.py")
+
+
+# ---------------------------------------------------------------- Config: choices, bounds and presets in one place
+
+def test_choices_and_bounds_live_in_each_fields_metadata():
+    assert not hasattr(tag, "CHOICES")  # no parallel list of field names
+    checked = 0
+    for f in dataclasses.fields(tag.Config):
+        m = f.metadata
+        bad = [("not-a-choice", m["choices"])] if m["choices"] else []
+        bad += [(m["min"] - 1, "min")] if m["min"] is not None else []
+        bad += [(m["above"], "above")] if m["above"] is not None else []
+        bad += [(m["below"], "below"), (float("nan"), "nan")] if m["below"] is not None else []
+        for value, why in bad:
+            with pytest.raises(SystemExit, match=f"{f.name}="):
+                tag.check_config(tag.Config(**{f.name: value}))
+            checked += 1
+        if m["choices"]:  # argparse reads the same choices: --help lists them, a wrong one is refused
+            with pytest.raises(SystemExit):
+                tag.parse_config([f"--{f.name}", "not-a-choice"])
+    assert checked >= 30
+    tag.check_config(tag.Config(device="cpu"))  # the shipped defaults pass
+    with pytest.raises(SystemExit, match="epochs=0 must be at least 1"):
+        tag.check_config(tag.Config(epochs=0))
+    with pytest.raises(SystemExit, match="max_minutes=-1 must be 0 or more"):
+        tag.check_config(tag.Config(max_minutes=-1))
+    with pytest.raises(SystemExit, match="aux_weight=inf must be a finite number 0 or more"):
+        tag.check_config(tag.Config(aux_weight=float("inf")))
+
+
+def test_presets_fill_only_the_shipped_defaults_so_an_edited_default_wins():
+    @dataclasses.dataclass
+    class Edited(tag.Config):  # a user who edited two defaults in the file and left base_path="demo"
+        epochs: int = tag.arg(20, "training epochs", min=1)
+        scaling: str = tag.arg("per_bin", "GAN-side mel scaling", choices=("per_bin", "affine", "log1p"))
+
+    cfg = tag.parse_config([], config=Edited)
+    assert cfg.epochs == 20 and cfg.batch_size == tag.DEMO_PRESET["batch_size"][1]  # their value; the rest demo
+    assert tag.parse_config(["--epochs", "7"], config=Edited).epochs == 7  # a flag still wins
+    assert tag.parse_config([]).epochs == tag.DEMO_PRESET["epochs"][1]  # unedited: the demo preset
+    assert tag.parse_config(["--arch", "seed", "--base_path", "x"], config=Edited).scaling == "per_bin"
+    assert tag.parse_config(["--arch", "seed", "--base_path", "x"]).scaling == "log1p"
+    for preset in (tag.DEMO_PRESET, tag.SEED_PRESET):  # each preset names the default this script ships with
+        for name, (shipped, _) in preset.items():
+            assert tag.Config.__dataclass_fields__[name].default == shipped, name
+
+
+def test_help_shows_choices_and_the_preset_values_that_apply(capsys):
+    with pytest.raises(SystemExit):
+        tag.parse_config(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 100; demo: 4)" in out and "(default: 'affine'; seed: 'log1p')" in out
+    assert "{per_bin,affine,log1p}" in out and "{train,generate,evaluate}" in out
+    assert out.count("(default:") == len(dataclasses.fields(tag.Config)) and "default: None" not in out
+
+    @dataclasses.dataclass
+    class Edited(tag.Config):
+        epochs: int = tag.arg(20, "training epochs", min=1)
+
+    with pytest.raises(SystemExit):
+        tag.parse_config(["--help"], config=Edited)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 20)" in out and "demo: 4" not in out  # the demo does not override an edited default
