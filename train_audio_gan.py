@@ -41,6 +41,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
 
@@ -502,7 +503,7 @@ class MelDataset:
     def build(cfg, files, key):
         mel = MelSpectrogram(cfg)
         chunks, lengths, labels, skipped = [], [], [], []
-        for path, label in tqdm(files, desc="Computing mels", leave=False):
+        for path, label in progress(files, "Computing mels"):
             try:
                 audio = load_audio(path, cfg.sample_rate)
             except Exception as e:  # one bad file must never end the run: name it, skip it, go on
@@ -1113,8 +1114,7 @@ def write_gallery(cfg, classes):
 def show_in_notebook(handle, grid_png, wavs, title):
     """In a notebook, the epoch's spectrogram grid and a player per (name, wav) as one output that replaces the one of
     `handle` (None at first); returns the handle. Elsewhere nothing is shown and IPython is never imported."""
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()  # a kernel has loaded IPython already
-    if not hasattr(shell, "kernel"):  # None in a plain interpreter; terminal IPython has no rich output
+    if not in_notebook():
         return None
     from IPython.display import HTML, Audio, display
     with open(grid_png, "rb") as f:
@@ -1236,7 +1236,7 @@ class Evaluator:
 
     def fit(self, data, idx, batch=64):
         opt = torch.optim.Adam(self.model.parameters(), 1e-3)
-        for _ in tqdm(range(self.cfg.eval_steps), desc="Training the evaluation classifier", leave=False):
+        for _ in progress(range(self.cfg.eval_steps), "Training the evaluation classifier"):
             pick = idx[torch.randint(len(idx), (batch,))]
             logits, _ = self.model(self.real(data, pick))
             loss = F.cross_entropy(logits, data.labels[pick].to(self.device))
@@ -1393,6 +1393,54 @@ def is_tty(stream):
         return stream.isatty()
     except (AttributeError, ValueError, OSError):  # replaced by a notebook, closed, ...
         return False
+
+
+def in_notebook():
+    """Whether this runs in a notebook kernel (Jupyter, Colab, Kaggle), without importing IPython to find out."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()  # a kernel has loaded IPython already
+    return hasattr(shell, "kernel")  # None in a plain interpreter; terminal IPython has no kernel
+
+
+def progress(iterable, desc, total=None, initial=0, disable=False):
+    """iterable, showing its progress in a way that fits where the output goes: tqdm's live bar in a terminal, a widget
+    in a notebook (a text bar per loop where ipywidgets is missing, not a TqdmWarning), and in a log file (nohup, CI,
+    Kaggle's "Save & Run All") plain lines, since carriage-return redraws would fill it with partial lines."""
+    if disable:
+        return tqdm_std.tqdm(iterable, disable=True)
+    if in_notebook():
+        if importlib.util.find_spec("ipywidgets") is not None:
+            from tqdm.notebook import tqdm as widget
+            return widget(iterable, desc=desc, total=total, initial=initial, leave=False)
+        return tqdm_std.tqdm(iterable, desc=desc, total=total, initial=initial, file=sys.stdout)  # kept: one per loop
+    if is_tty(sys.stderr):  # where tqdm draws
+        return tqdm_std.tqdm(iterable, desc=desc, total=total, initial=initial, leave=False)
+    return PlainProgress(iterable, desc, total, initial)
+
+
+class PlainProgress:
+    """Progress for logs: a line "desc: n/total (p%) elapsed, postfix" every tenth of the way and every `every` s."""
+
+    def __init__(self, iterable, desc, total=None, initial=0, every=30.0):
+        self.iterable, self.desc, self.n, self.every, self.postfix = iterable, desc, initial, every, ""
+        self.total = total if total is not None else initial + len(iterable) if hasattr(iterable, "__len__") else None
+
+    def __iter__(self):
+        start = last = time.time()
+        tenth = lambda n: 10 * n // self.total if self.total else 0
+        for item in self.iterable:
+            yield item  # the loop body runs here; report after it
+            self.n += 1
+            now = time.time()
+            if (tenth(self.n) > tenth(self.n - 1) or now - last >= self.every) and self.n != self.total:
+                last = now
+                of = f"/{self.total} ({100 * self.n // self.total}%)" if self.total else ""
+                print(f"{self.desc}: {self.n}{of} {now - start:.0f}s{self.postfix}", flush=True)
+
+    def set_postfix(self, values):
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def close(self):
+        pass
 
 
 def own_rng(device):
@@ -1714,8 +1762,8 @@ def fit(cfg, rank, world, device, ckpt):
     with stop_requests() as stop:
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
             t0, diverged, stopping = time.time(), False, False
-            bar = tqdm(range(epoch_step0, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                       initial=epoch_step0, total=epoch_steps, disable=rank != 0)
+            bar = progress(range(epoch_step0, epoch_steps), f"epoch {epoch}/{cfg.epochs}", total=epoch_steps,
+                           initial=epoch_step0, disable=rank != 0)
             for epoch_step in bar:
                 losses = wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step)
                 if generator_ema is not None:  # warm-up: early on, the average must not remember the random start

@@ -6,6 +6,7 @@ import io
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -75,3 +76,42 @@ def test_help_shows_choices_and_the_preset_values_that_apply(capsys):
         tag.parse_config(["--help"], config=Edited)
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 20)" in out and "demo: 4" not in out  # the demo does not override an edited default
+
+
+# ---------------------------------------------------------------- progress that fits where the output goes
+
+def test_progress_prints_plain_lines_when_output_is_not_a_terminal(capsys):
+    assert [i for i in tag.progress(range(50), "work")] == list(range(50))  # capsys: neither stream is a tty
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("work: 5/50 (10%)") and len(lines) == 9  # every tenth, not the end (others say so)
+    bar = tag.progress(range(3, 10), "epoch 2/5", total=10, initial=3)  # a resumed epoch counts from its step
+    for _ in bar:
+        bar.set_postfix({"wdist": "0.5"})
+    assert capsys.readouterr().out.splitlines()[0] == "epoch 2/5: 4/10 (40%) 0s, wdist 0.5"
+    slow = tag.PlainProgress(range(1000), "slow", every=0.0)  # and at least every `every` seconds
+    list(slow)
+    assert len(capsys.readouterr().out.splitlines()) == 999
+
+
+def test_progress_keeps_the_live_bar_in_a_terminal_and_a_text_bar_in_a_notebook_without_widgets(monkeypatch):
+    monkeypatch.setattr(tag, "is_tty", lambda stream: True)
+    bar = tag.progress(range(5), "x")
+    assert isinstance(bar, tag.tqdm_std.tqdm) and not bar.leave
+    bar.close()
+    monkeypatch.setattr(tag, "in_notebook", lambda: True)
+    monkeypatch.setattr(tag.importlib.util, "find_spec", lambda name, *a: None)  # no ipywidgets
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no TqdmWarning ("IProgress not found")
+        bar = tag.progress(range(5), "x")
+        list(bar)
+    assert type(bar) is tag.tqdm_std.tqdm and bar.leave  # one text bar per loop, kept
+    assert isinstance(tag.progress(range(5), "x", disable=True), tag.tqdm_std.tqdm)
+
+
+def test_training_log_has_no_carriage_returns(tiny_dataset, tmp_path, capsys):
+    tag.train(tiny_config(tiny_dataset, tmp_path / "run", epoch_steps=4))
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    assert "epoch 1/1: 1/4 (25%)" in out and "Computing mels: " in out
