@@ -114,6 +114,8 @@ class Config:
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory", min=1)
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit", min=0)
+    tensorboard: bool = arg(False, "also log losses, evaluation metrics, spectrogram grids and samples to "
+                            "out_dir/tensorboard (needs pip install tensorboard)")
     # evaluation: a classifier trained on the real clips scores the generated audio
     eval_every: int = arg(0, "evaluate every this many epochs during training; 0 = never", min=0)
     eval_path: str = arg("", 'held-out real clips in the same class folders; "" = every 10th training clip')
@@ -197,6 +199,8 @@ def check_config(cfg):
         problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
     if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
         problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
+    if cfg.tensorboard and not tensorboard_available():
+        problems.append("tensorboard=true needs the tensorboard package, which is not installed: pip install tensorboard")
     problems += range_problems(cfg) + device_problems(cfg.device)
     if problems:
         raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
@@ -1387,6 +1391,53 @@ def stop_requests():
             signal.signal(s, h)
 
 
+def tensorboard_available():
+    """Whether torch.utils.tensorboard can write: it needs the tensorboard package, which this script never requires."""
+    try:
+        import tensorboard  # noqa: F401  (torch's module may be imported already, without it)
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@contextlib.contextmanager
+def tensorboard_writer(cfg, ckpt, rank):
+    """A SummaryWriter on out_dir/tensorboard with --tensorboard (rank 0 only), else None; closed on the way out.
+    Resuming from ckpt purges the events after its step, which a run killed after it wrote: no doubled curves."""
+    if not cfg.tensorboard or rank:
+        yield None
+        return
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"), purge_step=ckpt["step"] + 1 if ckpt else None)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def tensorboard_losses(tb, step, values):
+    """One loss reading (METRICS' averages over log_every steps) to TensorBoard, if it is on."""
+    if tb is not None:
+        for name, value in zip(METRICS, values):
+            tb.add_scalar(name, value, step)
+
+
+def tensorboard_epoch(tb, cfg, epoch, step, grid_png, wav_dir, classes, evaluated):
+    """The epoch's spectrogram grid, the first sample of each class and, if it was evaluated, its metrics."""
+    if tb is None:
+        return
+    from matplotlib.image import imread
+    tb.add_image("samples/spectrograms", imread(grid_png)[..., :3], step, dataformats="HWC")
+    for c in classes:
+        wav, sr = sf.read(os.path.join(wav_dir, f"{c}_0.wav"), dtype="float32")
+        tb.add_audio(f"samples/{c}", torch.from_numpy(wav)[None], step, sample_rate=sr)
+    rows = [r for r in read_rows(os.path.join(cfg.out_dir, "eval_metrics.csv")) if r.get("epoch") == str(epoch)]
+    for name in EVAL_METRICS if evaluated and rows else ():
+        tb.add_scalar(f"eval/{name}", float(rows[-1][name]), step)
+    tb.flush()  # the epoch is visible in TensorBoard now, not when the run ends
+
+
 def is_tty(stream):
     """Whether stream is a terminal; False for anything that cannot say."""
     try:
@@ -1636,7 +1687,9 @@ def train(cfg):
                 result = run_complete(cfg, ckpt, ckpt_path)
             else:
                 with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    result = fit(cfg, rank, world, device, ckpt)
+                    with tensorboard_writer(cfg, ckpt, rank) as tb:
+                        result = fit(cfg, rank, world, device, ckpt, tb)
+                print(where_to_look(cfg))
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
             dist.barrier()
@@ -1654,7 +1707,16 @@ def run_complete(cfg, ckpt, path):
             "config": cfg, "interrupted": False, "complete": True}
 
 
-def fit(cfg, rank, world, device, ckpt):
+def where_to_look(cfg):
+    """The line that ends a training run: where its gallery, samples, checkpoint and (for the demo) data are."""
+    places = [("gallery", "index.html"), ("samples", "gan_generated_audio"), ("checkpoint", "checkpoint.pt")]
+    places += [("demo data", "demo_data")] if cfg.base_path == "demo" else []
+    paths = [(what, os.path.join(cfg.out_dir, rel)) for what, rel in places]
+    return "Outputs: " + ", ".join(f"{what} {path}{os.sep * os.path.isdir(path)}" for what, path in paths
+                                   if os.path.exists(path))
+
+
+def fit(cfg, rank, world, device, ckpt, tb=None):
     """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
     ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
@@ -1798,6 +1860,7 @@ def fit(cfg, rank, world, device, ckpt):
                     history["epoch"].append(epoch)
                     for m, v in zip(METRICS, values):
                         history[m].append(v)
+                    tensorboard_losses(tb, step, values)
                     bar.set_postfix({m: f"{v:.3g}" for m, v in zip(METRICS, values)})
                 if stopping and epoch_step + 1 < epoch_steps:
                     bar.close()
@@ -1827,6 +1890,8 @@ def fit(cfg, rank, world, device, ckpt):
                     if evaluator is not None and epoch % cfg.eval_every == 0:
                         evaluator.evaluate(sampler, data.scale, vocoder, epoch)
                     write_gallery(cfg, classes)
+                    tensorboard_epoch(tb, cfg, epoch, step, grid_png, wav_dir, classes,
+                                      evaluated=evaluator is not None and epoch % cfg.eval_every == 0)
                     players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
                     view = show_in_notebook(view, grid_png, players, f"Epoch {epoch}")
                 save_checkpoint(epoch, 0)
@@ -1868,7 +1933,8 @@ def generate(cfg):
     write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(), load_vocoder(saved, device),
                   saved, wav_dir, os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png"),
                   f"Generated (epoch {ckpt['epoch']})")
-    print(f"Wrote {len(labels)} wav files to {wav_dir}")
+    print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to "
+          f"{os.path.join(cfg.out_dir, 'gan_spectrogram_plots', 'generated.png')}")
     return wav_dir
 
 
@@ -1880,7 +1946,21 @@ def evaluate(cfg):
     data = MelDataset(saved, device, scale)
     if data.classes != ckpt["classes"]:
         raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
-    return Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
+    metrics = Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
+    refresh_gallery(cfg, ckpt)
+    return metrics
+
+
+def refresh_gallery(cfg, ckpt):
+    """After --mode evaluate: rewrite the gallery of the run in out_dir, if training wrote one there, so that the new
+    metrics appear on it; its configuration table shows the checkpoint's training configuration."""
+    if not os.path.isdir(os.path.join(cfg.out_dir, "gan_generated_audio")):
+        return
+    known = {f.name for f in dataclasses.fields(cfg)}  # a checkpoint of another version may have other fields
+    run = dataclasses.replace(cfg, **{**{k: v for k, v in ckpt["config"].items() if k in known}, "out_dir": cfg.out_dir})
+    write_gallery(run, ckpt["classes"])
+    print(f"Gallery updated: {os.path.join(cfg.out_dir, 'index.html')}")
+
 
 
 def main(argv=None):

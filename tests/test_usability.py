@@ -115,3 +115,63 @@ def test_training_log_has_no_carriage_returns(tiny_dataset, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "\r" not in out + err
     assert "epoch 1/1: 1/4 (25%)" in out and "Computing mels: " in out
+
+
+# ---------------------------------------------------------------- a run says where its outputs are
+
+def test_train_generate_and_evaluate_say_where_to_look_and_evaluate_refreshes_the_gallery(tiny_dataset, tmp_path,
+                                                                                         capsys):
+    out = tmp_path / "run"
+    tag.train(tiny_config(tiny_dataset, out))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"Outputs: gallery {out / 'index.html'}, samples {out / 'gan_generated_audio'}{os.sep}, "
+                    f"checkpoint {out / 'checkpoint.pt'}")
+    tag.generate(tag.Config(mode="generate", out_dir=str(out), n_generate=1, vocoder="griffinlim", device="cpu"))
+    said = capsys.readouterr().out
+    assert str(out / "gan_generated_audio" / "generated") in said
+    assert str(out / "gan_spectrogram_plots" / "generated.png") in said
+    assert "<h2>Evaluation</h2>" not in (out / "index.html").read_text()
+    tag.evaluate(tag.Config(mode="evaluate", out_dir=str(out), eval_samples=2, eval_steps=5, vocoder="griffinlim",
+                            device="cpu"))
+    page = (out / "index.html").read_text()
+    assert "<h2>Evaluation</h2>" in page and "inception_score" in page  # the new metrics are on the gallery
+    assert f"Gallery updated: {out / 'index.html'}" in capsys.readouterr().out
+    assert "<td>epochs</td><td>1</td>" in page  # the configuration shown is the run's, not the evaluate command's
+
+
+def test_the_demo_names_its_data_folder(tmp_path):
+    (tmp_path / "demo_data").mkdir()
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    line = tag.where_to_look(tag.Config(out_dir=str(tmp_path)))
+    assert line == f"Outputs: checkpoint {tmp_path / 'checkpoint.pt'}, demo data {tmp_path / 'demo_data'}{os.sep}"
+
+
+# ---------------------------------------------------------------- TensorBoard, when it is installed and asked for
+
+def test_tensorboard_logs_losses_metrics_grids_and_audio_and_resumes(tiny_dataset, tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_dataset, out, tensorboard=True, eval_every=1, eval_steps=5, eval_samples=2)
+    tag.train(cfg)
+    tag.train(dataclasses.replace(cfg, epochs=2, resume=True))
+    acc = accumulator.EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert set(tag.METRICS) | {f"eval/{m}" for m in tag.EVAL_METRICS} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss/gen")] == [1, 2, 3, 4, 5, 6]  # each reading once, across the resume
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [3, 6]
+    assert tags["images"] == ["samples/spectrograms"] and [e.step for e in acc.Images("samples/spectrograms")] == [3, 6]
+    assert sorted(tags["audio"]) == ["samples/high", "samples/low", "samples/noise"]
+    assert [e.step for e in acc.Audio("samples/low")] == [3, 6]
+
+
+def test_tensorboard_is_never_required_and_asking_for_it_without_it_is_one_line(tiny_dataset, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as refused:
+        tag.train(tiny_config(tiny_dataset, tmp_path / "tb", tensorboard=True))
+    lines = [line for line in str(refused.value).splitlines() if "tensorboard" in line]
+    assert len(lines) == 1 and "pip install tensorboard" in lines[0]
+    assert not (tmp_path / "tb").exists()  # refused before any work
+    tag.train(tiny_config(tiny_dataset, tmp_path / "off"))  # off: trains without it
+    assert not (tmp_path / "off" / "tensorboard").exists()
