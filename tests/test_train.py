@@ -194,7 +194,7 @@ def test_train_puts_process_wide_state_back(tiny_dataset, tmp_path, monkeypatch)
 def test_non_zero_ranks_stdout_goes_to_devnull_which_is_closed_afterwards(monkeypatch):
     seen, stdout = [], sys.stdout
     monkeypatch.setattr(tag, "setup_distributed", lambda cfg: (1, 1, torch.device("cpu")))  # a rank other than 0
-    monkeypatch.setattr(tag, "fit", lambda cfg, rank, world, device, ckpt: seen.append(sys.stdout) or {})
+    monkeypatch.setattr(tag, "fit", lambda cfg, rank, world, device, ckpt, tb: seen.append(sys.stdout) or {})
     tag.train(tag.Config(device="cpu"))
     assert seen[0] is not stdout and seen[0].name == os.devnull
     assert seen[0].closed and sys.stdout is stdout
