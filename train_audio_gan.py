@@ -200,7 +200,8 @@ def check_config(cfg):
     if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
         problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
     if cfg.tensorboard and not tensorboard_available():
-        problems.append("tensorboard=true needs the tensorboard package, which is not installed: pip install tensorboard")
+        problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
+                        "pip install tensorboard")
     problems += range_problems(cfg) + device_problems(cfg.device)
     if problems:
         raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
@@ -1957,7 +1958,8 @@ def refresh_gallery(cfg, ckpt):
     if not os.path.isdir(os.path.join(cfg.out_dir, "gan_generated_audio")):
         return
     known = {f.name for f in dataclasses.fields(cfg)}  # a checkpoint of another version may have other fields
-    run = dataclasses.replace(cfg, **{**{k: v for k, v in ckpt["config"].items() if k in known}, "out_dir": cfg.out_dir})
+    saved = {k: v for k, v in ckpt["config"].items() if k in known}
+    run = dataclasses.replace(cfg, **{**saved, "out_dir": cfg.out_dir})
     write_gallery(run, ckpt["classes"])
     print(f"Gallery updated: {os.path.join(cfg.out_dir, 'index.html')}")
 

@@ -1,8 +1,6 @@
 """Config as the single source of choices, bounds and presets; logs that fit where they go; a run that says where its
 outputs are; TensorBoard."""
-import argparse
 import dataclasses
-import io
 import os
 import subprocess
 import sys
