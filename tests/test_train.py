@@ -111,12 +111,12 @@ def test_generate_mode(tiny_dataset, tmp_path):
 
 def test_parse_config_flags_notebook_argv_and_booleans():
     cfg = tag.parse_config(["-f", "/root/.local/share/jupyter/runtime/kernel-1.json"])  # a notebook kernel's argv
-    assert cfg.base_path == "demo" and cfg.n_frames == tag.DEMO_PRESET["n_frames"]
+    assert cfg.base_path == "demo" and cfg.n_frames == tag.DEMO_PRESET["n_frames"][1]
     cfg = tag.parse_config(["--base_path", "data", "--resume", "false", "--lr", "1e-4", "--deterministic"])
     assert (cfg.resume, cfg.deterministic, cfg.lr, cfg.n_frames, cfg.batch_size) == (False, True, 1e-4, 512, 128)
     assert tag.parse_config(["--resume", "true"]).resume is True
     cfg = tag.parse_config(["--n_frames", "128"])  # demo preset, but an explicit flag wins
-    assert cfg.n_frames == 128 and cfg.batch_size == tag.DEMO_PRESET["batch_size"]
+    assert cfg.n_frames == 128 and cfg.batch_size == tag.DEMO_PRESET["batch_size"][1]
     with pytest.raises(SystemExit):
         tag.parse_config(["--resume", "maybe"])
     with pytest.raises(SystemExit):
@@ -194,7 +194,7 @@ def test_train_puts_process_wide_state_back(tiny_dataset, tmp_path, monkeypatch)
 def test_non_zero_ranks_stdout_goes_to_devnull_which_is_closed_afterwards(monkeypatch):
     seen, stdout = [], sys.stdout
     monkeypatch.setattr(tag, "setup_distributed", lambda cfg: (1, 1, torch.device("cpu")))  # a rank other than 0
-    monkeypatch.setattr(tag, "train_process", lambda cfg, rank, world, device, ckpt: seen.append(sys.stdout) or {})
+    monkeypatch.setattr(tag, "train_process", lambda cfg, rank, world, device, ckpt, tb: seen.append(sys.stdout) or {})
     tag.train(tag.Config(device="cpu"))
     assert seen[0] is not stdout and seen[0].name == os.devnull
     assert seen[0].closed and sys.stdout is stdout

@@ -1,0 +1,175 @@
+"""Config as the single source of choices, bounds and presets; logs that fit where they go; a run that says where its
+outputs are; TensorBoard."""
+import dataclasses
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from conftest import tag, tiny_config
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_audio_gan.py")
+
+
+# ---------------------------------------------------------------- Config: choices, bounds and presets in one place
+
+def test_choices_and_bounds_live_in_each_fields_metadata():
+    assert not hasattr(tag, "CHOICES")  # no parallel list of field names
+    checked = 0
+    for f in dataclasses.fields(tag.Config):
+        m = f.metadata
+        bad = [("not-a-choice", m["choices"])] if m["choices"] else []
+        bad += [(m["min"] - 1, "min")] if m["min"] is not None else []
+        bad += [(m["above"], "above")] if m["above"] is not None else []
+        bad += [(m["below"], "below"), (float("nan"), "nan")] if m["below"] is not None else []
+        for value, why in bad:
+            with pytest.raises(SystemExit, match=f"{f.name}="):
+                tag.check_config(tag.Config(**{f.name: value}))
+            checked += 1
+        if m["choices"]:  # argparse reads the same choices: --help lists them, a wrong one is refused
+            with pytest.raises(SystemExit):
+                tag.parse_config([f"--{f.name}", "not-a-choice"])
+    assert checked >= 30
+    tag.check_config(tag.Config(device="cpu"))  # the shipped defaults pass
+    with pytest.raises(SystemExit, match="epochs=0 must be at least 1"):
+        tag.check_config(tag.Config(epochs=0))
+    with pytest.raises(SystemExit, match="max_minutes=-1 must be 0 or more"):
+        tag.check_config(tag.Config(max_minutes=-1))
+    with pytest.raises(SystemExit, match="aux_weight=inf must be a finite number 0 or more"):
+        tag.check_config(tag.Config(aux_weight=float("inf")))
+
+
+def test_presets_fill_only_the_shipped_defaults_so_an_edited_default_wins():
+    @dataclasses.dataclass
+    class Edited(tag.Config):  # a user who edited two defaults in the file and left base_path="demo"
+        epochs: int = tag.arg(20, "training epochs", min=1)
+        scaling: str = tag.arg("per_bin", "GAN-side mel scaling", choices=("per_bin", "affine", "log1p"))
+
+    cfg = tag.parse_config([], config=Edited)
+    assert cfg.epochs == 20 and cfg.batch_size == tag.DEMO_PRESET["batch_size"][1]  # their value; the rest demo
+    assert tag.parse_config(["--epochs", "7"], config=Edited).epochs == 7  # a flag still wins
+    assert tag.parse_config([]).epochs == tag.DEMO_PRESET["epochs"][1]  # unedited: the demo preset
+    assert tag.parse_config(["--arch", "seed", "--base_path", "x"], config=Edited).scaling == "per_bin"
+    assert tag.parse_config(["--arch", "seed", "--base_path", "x"]).scaling == "log1p"
+    for preset in (tag.DEMO_PRESET, tag.SEED_PRESET):  # each preset names the default this script ships with
+        for name, (shipped, _) in preset.items():
+            assert tag.Config.__dataclass_fields__[name].default == shipped, name
+
+
+def test_help_shows_choices_and_the_preset_values_that_apply(capsys):
+    with pytest.raises(SystemExit):
+        tag.parse_config(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: 100; demo: 4)" in out and "(default: 'affine'; seed: 'log1p')" in out
+    assert "{per_bin,affine,log1p}" in out and "{train,generate,evaluate}" in out
+    assert out.count("(default:") == len(dataclasses.fields(tag.Config)) and "default: None" not in out
+
+    @dataclasses.dataclass
+    class Edited(tag.Config):
+        epochs: int = tag.arg(20, "training epochs", min=1)
+
+    with pytest.raises(SystemExit):
+        tag.parse_config(["--help"], config=Edited)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 20)" in out and "demo: 4" not in out  # the demo does not override an edited default
+
+
+# ---------------------------------------------------------------- progress that fits where the output goes
+
+def test_progress_prints_plain_lines_when_output_is_not_a_terminal(capsys):
+    assert [i for i in tag.progress(range(50), "work")] == list(range(50))  # capsys: neither stream is a tty
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("work: 5/50 (10%)") and len(lines) == 9  # every tenth, not the end (others say so)
+    bar = tag.progress(range(3, 10), "epoch 2/5", total=10, initial=3)  # a resumed epoch counts from its step
+    for _ in bar:
+        bar.set_postfix({"wdist": "0.5"})
+    assert capsys.readouterr().out.splitlines()[0] == "epoch 2/5: 4/10 (40%) 0s, wdist 0.5"
+    slow = tag.PlainProgress(range(1000), "slow", every=0.0)  # and at least every `every` seconds
+    list(slow)
+    assert len(capsys.readouterr().out.splitlines()) == 999
+
+
+def test_progress_keeps_the_live_bar_in_a_terminal_and_a_text_bar_in_a_notebook_without_widgets(monkeypatch):
+    monkeypatch.setattr(tag, "is_tty", lambda stream: True)
+    bar = tag.progress(range(5), "x")
+    assert isinstance(bar, tag.tqdm_std.tqdm) and not bar.leave
+    bar.close()
+    monkeypatch.setattr(tag, "in_notebook", lambda: True)
+    monkeypatch.setattr(tag.importlib.util, "find_spec", lambda name, *a: None)  # no ipywidgets
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no TqdmWarning ("IProgress not found")
+        bar = tag.progress(range(5), "x")
+        list(bar)
+    assert type(bar) is tag.tqdm_std.tqdm and bar.leave  # one text bar per loop, kept
+    assert isinstance(tag.progress(range(5), "x", disable=True), tag.tqdm_std.tqdm)
+
+
+def test_training_log_has_no_carriage_returns(tiny_dataset, tmp_path, capsys):
+    tag.train(tiny_config(tiny_dataset, tmp_path / "run", epoch_steps=4))
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    assert "epoch 1/1: 1/4 (25%)" in out and "Computing mels: " in out
+
+
+# ---------------------------------------------------------------- a run says where its outputs are
+
+def test_train_generate_and_evaluate_say_where_to_look_and_evaluate_refreshes_the_gallery(tiny_dataset, tmp_path,
+                                                                                         capsys):
+    out = tmp_path / "run"
+    tag.train(tiny_config(tiny_dataset, out))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (f"Outputs: gallery {out / 'index.html'}, samples {out / 'gan_generated_audio'}{os.sep}, "
+                    f"checkpoint {out / 'checkpoint.pt'}")
+    tag.generate(tag.Config(mode="generate", out_dir=str(out), n_generate=1, vocoder="griffinlim", device="cpu"))
+    said = capsys.readouterr().out
+    assert str(out / "gan_generated_audio" / "generated") in said
+    assert str(out / "gan_spectrogram_plots" / "generated.png") in said
+    assert "<h2>Evaluation</h2>" not in (out / "index.html").read_text()
+    tag.evaluate(tag.Config(mode="evaluate", out_dir=str(out), eval_samples=2, eval_steps=5, vocoder="griffinlim",
+                            device="cpu"))
+    page = (out / "index.html").read_text()
+    assert "<h2>Evaluation</h2>" in page and "inception_score" in page  # the new metrics are on the gallery
+    assert f"Gallery updated: {out / 'index.html'}" in capsys.readouterr().out
+    assert "<td>epochs</td><td>1</td>" in page  # the configuration shown is the run's, not the evaluate command's
+
+
+def test_the_demo_names_its_data_folder(tmp_path):
+    (tmp_path / "demo_data").mkdir()
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    line = tag.where_to_look(tag.Config(out_dir=str(tmp_path)))
+    assert line == f"Outputs: checkpoint {tmp_path / 'checkpoint.pt'}, demo data {tmp_path / 'demo_data'}{os.sep}"
+
+
+# ---------------------------------------------------------------- TensorBoard, when it is installed and asked for
+
+def test_tensorboard_logs_losses_metrics_grids_and_audio_and_resumes(tiny_dataset, tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_dataset, out, tensorboard=True, eval_every=1, eval_steps=5, eval_samples=2)
+    tag.train(cfg)
+    tag.train(dataclasses.replace(cfg, epochs=2, resume=True))
+    acc = accumulator.EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert set(tag.METRICS) | {f"eval/{m}" for m in tag.EVAL_METRICS} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss/gen")] == [1, 2, 3, 4, 5, 6]  # each reading once, across the resume
+    assert [e.step for e in acc.Scalars("eval/accuracy")] == [3, 6]
+    assert tags["images"] == ["samples/spectrograms"] and [e.step for e in acc.Images("samples/spectrograms")] == [3, 6]
+    assert sorted(tags["audio"]) == ["samples/high", "samples/low", "samples/noise"]
+    assert [e.step for e in acc.Audio("samples/low")] == [3, 6]
+
+
+def test_tensorboard_is_never_required_and_asking_for_it_without_it_is_one_line(tiny_dataset, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    with pytest.raises(SystemExit) as refused:
+        tag.train(tiny_config(tiny_dataset, tmp_path / "tb", tensorboard=True))
+    lines = [line for line in str(refused.value).splitlines() if "tensorboard" in line]
+    assert len(lines) == 1 and "pip install tensorboard" in lines[0]
+    assert not (tmp_path / "tb").exists()  # refused before any work
+    tag.train(tiny_config(tiny_dataset, tmp_path / "off"))  # off: trains without it
+    assert not (tmp_path / "off" / "tensorboard").exists()
