@@ -2104,6 +2104,13 @@ def refresh_gallery(cfg, ckpt):
     print(f"Gallery updated: {os.path.join(cfg.out_dir, 'index.html')}")
 
 
+def after_failure(cfg):
+    """What to do after a failed read or write: --resume only in training, and only with a checkpoint to resume."""
+    path = os.path.join(cfg.out_dir, "checkpoint.pt")
+    if cfg.mode == "train" and os.path.isfile(path):
+        return f"Files are replaced only once complete, so {path} is intact; fix the cause and rerun with --resume."
+    return "Fix the cause and run again."
+
 
 def main(argv=None):
     cfg = parse_config(argv)
@@ -2112,14 +2119,6 @@ def main(argv=None):
     except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
         raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. "
                          f"{after_failure(cfg)}") from None
-
-
-def after_failure(cfg):
-    """What to do after a failed read or write: --resume only in training, and only with a checkpoint to resume."""
-    path = os.path.join(cfg.out_dir, "checkpoint.pt")
-    if cfg.mode == "train" and os.path.isfile(path):
-        return f"Files are replaced only once complete, so {path} is intact; fix the cause and rerun with --resume."
-    return "Fix the cause and run again."
 
 
 if __name__ == "__main__":
