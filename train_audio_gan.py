@@ -2071,11 +2071,11 @@ def generate(cfg):
     chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
     noise, labels = (t.to(device) for t in seeded_noise(chosen, cfg.n_generate, saved.latent_dim, cfg.seed))
     wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", "generated")
-    write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(), load_vocoder(saved, device),
-                  saved, wav_dir, os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png"),
-                  f"Generated (epoch {ckpt['epoch']})")
-    print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to "
-          f"{os.path.join(cfg.out_dir, 'gan_spectrogram_plots', 'generated.png')}")
+    plot = os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png")
+    with process_state(saved, device):  # autotuning and TF32 (sm80+) as in training, put back afterwards
+        write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(),
+                      load_vocoder(saved, device), saved, wav_dir, plot, f"Generated (epoch {ckpt['epoch']})")
+    print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to {plot}")
     return wav_dir
 
 
@@ -2084,10 +2084,12 @@ def evaluate(cfg):
     generator, ckpt, saved, scale, device = load_generator(cfg)
     if cfg.base_path == "demo":
         saved = dataclasses.replace(saved, base_path=ckpt["config"]["base_path"])
-    data = MelClips(saved, device, scale)
-    if data.classes != ckpt["classes"]:
-        raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
-    metrics = Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device), ckpt["epoch"])
+    with process_state(saved, device):  # autotuning and TF32 (sm80+) as in training, put back afterwards
+        data = MelClips(saved, device, scale)
+        if data.classes != ckpt["classes"]:
+            raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
+        metrics = Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device),
+                                                          ckpt["epoch"])
     refresh_gallery(cfg, ckpt)
     return metrics
 

@@ -94,12 +94,15 @@ def test_resume_refuses_another_configuration(tiny_dataset, tmp_path):
         tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, resume=True, g_channels=8))
 
 
-def test_generate_mode(tiny_dataset, tmp_path):
+def test_generate_mode(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
     tag.train(tiny_config(tiny_dataset, out))
+    entered, process_state = [], tag.process_state  # generate runs under the same process-wide settings as training
+    monkeypatch.setattr(tag, "process_state", lambda cfg, device: entered.append(device) or process_state(cfg, device))
     # generate needs none of the model flags: they come from the checkpoint
     cfg = tag.Config(mode="generate", out_dir=str(out), n_generate=3, vocoder="griffinlim", device="cpu")
     folder = tag.generate(cfg)
+    assert entered == [torch.device("cpu")]
     assert sorted(os.listdir(folder)) == sorted(f"{c}_{k}.wav" for c in ("high", "low", "noise") for k in range(3))
     assert (out / "gan_spectrogram_plots" / "generated.png").exists()
     only = tag.generate(dataclasses.replace(cfg, generate_class="low", out_dir=str(tmp_path / "gen"),
