@@ -1186,11 +1186,8 @@ def write_gallery(cfg, classes):
         head = f'<a href="{src(grid)}">Epoch {e}</a>' if has(grid) else f"Epoch {e}"
         rows.append(f"<tr><th>{head}</th>" + "".join(f"<td>{''.join(sample(ep, c, k) for k in ks[c])}</td>"
                                                       for c in classes) + "</tr>")
-    metrics = ""
-    if has("eval_metrics.csv"):  # written by the evaluation, when there is one: any columns
-        with open(os.path.join(out, "eval_metrics.csv"), newline="") as f:
-            head, *body = list(csv.reader(f)) or [[]]
-        metrics = "<h2>Evaluation</h2>" + html_table(body, head)
+    evaluated = read_rows(os.path.join(out, "eval_metrics.csv"))  # written by the evaluation, if any: any columns
+    metrics = "<h2>Evaluation</h2>" + html_table([r.values() for r in evaluated], evaluated[0]) if evaluated else ""
     run = os.path.basename(os.path.abspath(out))
     title = html.escape(f"{run}: epoch {epochs[0] if epochs else 0} of {cfg.epochs}")
     page = f"""<!DOCTYPE html>
@@ -1230,8 +1227,9 @@ CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "sc
                    "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
 
 
-def load_checkpoint(path, cfg=None, classes=None):
-    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings and classes."""
+def load_checkpoint(path, cfg=None):
+    """A checkpoint (weights_only: it is untrusted input), checked against this run's settings (check_classes: its
+    classes, once the data is read)."""
     if not os.path.isfile(path):
         raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
     try:
@@ -1247,8 +1245,6 @@ def load_checkpoint(path, cfg=None, classes=None):
                 if ckpt["config"].get(k) != getattr(cfg, k)]
         if diff:
             raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
-    if classes is not None:
-        check_classes(ckpt, classes, path)
     return ckpt
 
 
@@ -1369,7 +1365,7 @@ def tensorboard_losses(tb, step, values):
             tb.add_scalar(name, value, step)
 
 
-def tensorboard_epoch(tb, cfg, epoch, step, grid_png, wav_dir, classes, evaluated):
+def tensorboard_epoch(tb, step, grid_png, wav_dir, classes, metrics=None):
     """The epoch's spectrogram grid, the first sample of each class and, if it was evaluated, its metrics."""
     if tb is None:
         return
@@ -1378,9 +1374,8 @@ def tensorboard_epoch(tb, cfg, epoch, step, grid_png, wav_dir, classes, evaluate
     for c in classes:
         wav, sr = sf.read(os.path.join(wav_dir, f"{c}_0.wav"), dtype="float32")
         tb.add_audio(f"samples/{c}", torch.from_numpy(wav)[None], step, sample_rate=sr)
-    rows = [r for r in read_rows(os.path.join(cfg.out_dir, "eval_metrics.csv")) if r.get("epoch") == str(epoch)]
-    for name in EVAL_METRICS if evaluated and rows else ():
-        tb.add_scalar(f"eval/{name}", float(rows[-1][name]), step)
+    for name in EVAL_METRICS if metrics else ():
+        tb.add_scalar(f"eval/{name}", metrics[name], step)
     tb.flush()  # the epoch is visible in TensorBoard now, not when the run ends
 
 
@@ -1577,6 +1572,8 @@ def process_state(cfg, device):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+
+
 # Any collective of a training process waits at most STEP_TIMEOUT for the others: the longest wait is the other
 # ranks' while rank 0 writes an epoch's samples, evaluation and checkpoint (minutes). A rank that hangs then ends the
 # run with a timeout error instead of holding every GPU forever. Only the start, where rank 0 alone builds the mel
@@ -1946,11 +1943,11 @@ def write_epoch_outputs(run, epoch):
                       f"Epoch {epoch}")
         if run.history["step"]:
             write_losses(run.history, cfg.out_dir)
-        evaluated = run.evaluator is not None and epoch % cfg.eval_every == 0
-        if evaluated:
-            run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
+        metrics = None
+        if run.evaluator is not None and epoch % cfg.eval_every == 0:
+            metrics = run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
         write_gallery(cfg, classes)
-        tensorboard_epoch(run.tb, cfg, epoch, run.step, grid_png, wav_dir, classes, evaluated)
+        tensorboard_epoch(run.tb, run.step, grid_png, wav_dir, classes, metrics)
         players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
         run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
 
