@@ -121,8 +121,9 @@ class Config:
     # evaluation: a classifier trained on the real clips scores the generated audio
     eval_every: int = arg(0, "evaluate every this many epochs during training; 0 = never", min=0)
     eval_path: str = arg("", 'held-out real clips in the same class folders; "" = every 10th training clip')
-    eval_samples: int = arg(20, "generated clips per class that are vocoded and scored", min=1)
-    eval_steps: int = arg(1000, "training steps of the evaluation classifier (trained once, then cached)", min=1)
+    eval_samples: int = arg(0, "generated clips per class that are vocoded and scored; 0 = as many as are held "
+                            "out, so that generated and real sets are equal in size and class mix", min=0)
+    eval_steps: int = arg(1500, "training steps of the evaluation classifier (trained once, then cached)", min=1)
     # generate and evaluate modes
     mode: str = arg("train", '"train", "generate" (samples from a checkpoint) or "evaluate" (score a checkpoint)',
                     choices=("train", "generate", "evaluate"))
@@ -152,6 +153,9 @@ LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the 
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
 PLOT_COLS = 8  # samples per class in a grid plot: a 10 x 50 grid takes minutes to draw; every sample has a thumbnail
 EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
+# The vocoder check's mel L1 (bench/RESULTS.md, "Evaluator v2"): white noise for a clip, and HiFi-GAN V1 universal
+# on spoken digits (FSDD), which it carries transparently.
+NOISE_L1, SPEECH_L1 = 5.0, 0.25
 
 
 def str2bool(s):
@@ -268,6 +272,15 @@ def atomic(path):
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def save_cache(obj, path, what):
+    """torch.save(obj) to path, atomically; a cache that cannot be written is only a cache: one line, and go on."""
+    try:
+        with atomic(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as e:
+        print(f"Could not write the {what} {path} ({e.strerror}); continuing without it")
 
 
 def one_line(e):
@@ -494,11 +507,7 @@ class MelClips:
             print(f"Mel cache hit: {cache}")
         else:
             data = self.build(cfg, files, key)
-            try:
-                with atomic(cache) as tmp:
-                    torch.save(data, tmp)
-            except OSError as e:
-                print(f"Could not write the mel cache {cache} ({e.strerror}); continuing without it")
+            save_cache(data, cache, "mel cache")
         skipped = unlisted + [tuple(s) for s in data["skipped"]]
         for path, why in skipped:
             print(f"Skipping {path!r}: {' '.join(why.split())}")  # repr: a newline in a name must not break the line
@@ -788,9 +797,10 @@ def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, s
 
 
 def seeded_noise(class_ids, per_class, latent_dim, seed):
-    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids, from an RNG of their own
+    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids (a count, or one count per
+    class), from an RNG of their own
     seeded with seed, so the same seed gives the same noise in every epoch, run and mode."""
-    labels = torch.tensor(list(class_ids)).repeat_interleave(per_class)
+    labels = torch.tensor(list(class_ids)).repeat_interleave(torch.as_tensor(per_class))  # per_class: int or (C,)
     return torch.randn(len(labels), latent_dim, generator=torch.Generator().manual_seed(seed)), labels
 
 
@@ -1076,17 +1086,19 @@ def write_thumbnails(logmels, names, folder):
             imsave(tmp, m.numpy(), cmap="magma", vmin=-100, vmax=20, origin="lower", format="png")
 
 
-def plot_curves(x, curves, path, xlabel, floors=None):
-    """One panel per curve (name -> values at x): the losses by step, or the evaluation metrics by epoch with the real
-    data's values (floors, name -> value) as dashed lines."""
+def plot_curves(x, curves, path, xlabel, references=None):
+    """One panel per curve (name -> values at x): the losses by step, or the evaluation metrics by epoch with
+    reference levels (references, label -> {name -> value}: the real floor, the vocoder ceiling) as grey lines."""
     from matplotlib.figure import Figure
     cols = 2 if len(curves) <= 4 else 3
     fig = Figure(figsize=(4 + 3.5 * cols, 6), layout="constrained")
     axes = fig.subplots(-(-len(curves) // cols), cols).flat
     for ax, (name, values) in zip(axes, curves.items()):
-        ax.plot(x, values, "o-" if floors else "-", lw=1 if floors is None else None, label="generated")
-        if floors:
-            ax.axhline(floors[name], color="gray", ls="--", label="real held-out")
+        ax.plot(x, values, "o-" if references else "-", lw=1 if references is None else None, label="generated")
+        for (label, levels), style in zip((references or {}).items(), ("--", ":")):
+            if math.isfinite(levels.get(name, math.nan)):
+                ax.axhline(levels[name], color="gray", ls=style, label=label)
+        if references:
             ax.legend()
         ax.set(title=name, xlabel=xlabel)
         ax.grid(alpha=0.3)
@@ -1124,9 +1136,11 @@ def read_rows(path):
 def write_eval(rows, out_dir):
     """Evaluation rows (one per epoch) as out_dir/eval_metrics.csv and out_dir/gan_eval_plot.png."""
     write_csv(os.path.join(out_dir, "eval_metrics.csv"), rows, rows[-1])
-    plot_curves([int(r["epoch"]) for r in rows], {m: [float(r.get(m) or "nan") for r in rows] for m in EVAL_METRICS},
+    number = lambda row, key: float(row.get(key) or "nan")
+    plot_curves([int(r["epoch"]) for r in rows], {m: [number(r, m) for r in rows] for m in EVAL_METRICS},
                 os.path.join(out_dir, "gan_eval_plot.png"), "epoch",
-                {m: float(rows[-1][f"real_{m}"]) for m in EVAL_METRICS})
+                {label: {m: number(rows[-1], prefix + m) for m in EVAL_METRICS}
+                 for label, prefix in (("real floor", "real_"), ("vocoder ceiling", "ceiling_"))})
 
 
 def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, title):
@@ -1165,6 +1179,20 @@ def html_table(rows, head=()):
     return "<table>" + thead + "".join(line("td", r) for r in rows) + "</table>"
 
 
+def eval_tables(rows):
+    """The gallery's evaluation: the latest scores beside the vocoder ceiling and the real floor, then every row as
+    written (any columns: an older version's too)."""
+    if not rows:
+        return ""
+    last = rows[-1]
+    levels = [(f"generated, epoch {last.get('epoch')}", ""), ("vocoder ceiling", "ceiling_"), ("real floor", "real_")]
+    summary = html_table([(who, *(last.get(p + m, "") for m in EVAL_METRICS)) for who, p in levels],
+                         ("", *EVAL_METRICS))
+    return ("<h2>Evaluation <small>vocoder ceiling: real held-out clips through this run's vocoder, the best any "
+            "GAN can sound here</small></h2>" + summary + "<h2>Every evaluation</h2>"
+            + html_table([r.values() for r in rows], rows[0]))
+
+
 def write_gallery(cfg, classes):
     """out_dir/index.html: every epoch's samples, newest first, as players and spectrograms in an epoch-by-class grid,
     the loss plot, evaluation metrics when present, the configuration. Relative links, no script: file:// and Kaggle."""
@@ -1186,8 +1214,7 @@ def write_gallery(cfg, classes):
         head = f'<a href="{src(grid)}">Epoch {e}</a>' if has(grid) else f"Epoch {e}"
         rows.append(f"<tr><th>{head}</th>" + "".join(f"<td>{''.join(sample(ep, c, k) for k in ks[c])}</td>"
                                                       for c in classes) + "</tr>")
-    evaluated = read_rows(os.path.join(out, "eval_metrics.csv"))  # written by the evaluation, if any: any columns
-    metrics = "<h2>Evaluation</h2>" + html_table([r.values() for r in evaluated], evaluated[0]) if evaluated else ""
+    metrics = eval_tables(read_rows(os.path.join(out, "eval_metrics.csv")))  # written by evaluations, if any
     run = os.path.basename(os.path.abspath(out))
     title = html.escape(f"{run}: epoch {epochs[0] if epochs else 0} of {cfg.epochs}")
     page = f"""<!DOCTYPE html>
@@ -1380,28 +1407,61 @@ def tensorboard_epoch(tb, step, grid_png, wav_dir, classes, metrics=None):
 
 
 # ---------------------------------------------------------------- evaluation: a real-data classifier scores the audio
+# What a listener hears, judged honestly. Every clip is level-normalised before it is scored, so loudness is never
+# charged as content. Every distance is between equal, large sets: the real floor is the held-out clips against as
+# many training clips in the same class mix; the vocoder ceiling is the same held-out clips sent through the run's
+# vocoder, against the same training clips; the generated set has the held-out clips' class mix and size. A Frechet
+# distance between small sets is inflated, and a small floor flatters every ratio (bench/RESULTS.md, "Evaluator v2").
+
+LEVEL_RANGE = 9.0  # nats (78 dB) of a clip's log-mel kept below its peak when it is scored; quieter is silence
+
+
+def level(logmel):
+    """HiFi-GAN log-mel (..., n_mels, T) with its peak moved to 0 and everything LEVEL_RANGE below it clamped there:
+    any gain of a recording within about +-25 dB scores the same, hiss and out-of-band energy still show."""
+    peak = logmel.amax((-2, -1), keepdim=True).clamp(min=LOG_FLOOR + LEVEL_RANGE)  # silence stays silence
+    return (logmel - peak).clamp(min=-LEVEL_RANGE)
+
+
+def degrade(logmel):
+    """The classifier's training augmentation: a random gain of +-20 dB and, on half of the clips, a white-noise floor
+    15-70 dB below the peak, so that it judges content, not the level or the noise floor of a recording."""
+    b = len(logmel)
+    gain = (torch.rand(b, 1, 1, device=logmel.device) * 2 - 1) * math.log(10)  # +-20 dB of magnitude, in nats
+    x = (logmel + gain).clamp(min=LOG_FLOOR)
+    hiss = x.amax((1, 2), keepdim=True) - 1.7 - 6.3 * torch.rand(b, 1, 1, device=x.device)  # below the peak, nats
+    hiss = hiss + 0.3 * torch.randn_like(x)  # a noise floor flickers
+    on = torch.rand(b, 1, 1, device=x.device) < 0.5
+    return torch.where(on, torch.logaddexp(x, hiss), x)
+
 
 class Classifier(nn.Module):
-    """A small log-mel CNN for the real classes; its 128-d penultimate layer embeds clips for the Frechet distance."""
+    """A log-mel CNN for the real classes, fed level-normalised clips; its 128-d penultimate layer embeds clips for the
+    Frechet distance."""
 
     def __init__(self, n_classes, n_mels, width=16):
         super().__init__()
         layers, c_in = [], 1
-        for c_out in (width, width * 2, width * 4):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+        for c_out in (width, width * 2, width * 4, width * 4):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                       nn.MaxPool2d(2, ceil_mode=True)]
             c_in = c_out
         self.convs = nn.Sequential(*layers)
         # Pooled over time only: which frequencies sound matters for a class, when it happens less.
-        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(c_in * (n_mels // 8), 128), nn.ReLU())
+        self.embed = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(c_in * -(-n_mels // 16), 128), nn.ReLU())
         self.head = nn.Linear(128, n_classes)
 
-    def forward(self, logmel):  # (B, n_mels, T) HiFi-GAN log-mel -> (logits, embeddings)
-        e = self.embed(self.convs(GanScale("affine").to_gan(logmel).unsqueeze(1)).mean(-1))
+    def forward(self, logmel):  # (B, n_mels, T) HiFi-GAN log-mel, any level -> (logits, embeddings)
+        x = level(logmel) * (2 / LEVEL_RANGE) + 1  # [-LEVEL_RANGE, 0] -> [-1, 1]
+        e = self.embed(self.convs(x.unsqueeze(1)).mean(-1))
         return self.head(e), e
 
 
 def frechet_distance(a, b):
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two sets of embeddings (N, D), in float64."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two sets of embeddings (N, D), in float64; NaN
+    when either set has fewer than 2 rows or a non-finite value (which LAPACK must never see: it can crash)."""
+    if min(len(a), len(b)) < 2 or not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
     a, b = a.double(), b.double()
     sa, sb = torch.cov(a.T), torch.cov(b.T)
     covmean = torch.linalg.eigvals(sa @ sb).real.clamp(min=0).sqrt().sum()  # Tr sqrt(A) = sum sqrt(eig(A))
@@ -1409,9 +1469,11 @@ def frechet_distance(a, b):
 
 
 def band_stats(logmel):
-    """Each mel band's mean and standard deviation over time, (N, n_mels, T) -> (N, 2 n_mels): a classifier-free
-    description of a clip's spectrum and its movement, for the Frechet distance "frechet_mel"."""
-    return torch.cat([logmel.mean(-1), logmel.std(-1)], 1)
+    """Each mel band's mean and standard deviation over time of the level-normalised clip, (N, n_mels, T) ->
+    (N, 2 n_mels): a classifier-free description of a spectrum and its movement that sees hiss and out-of-band energy
+    but not gain, for the Frechet distance "frechet_mel"."""
+    x = level(logmel)
+    return torch.cat([x.mean(-1), x.std(-1)], 1)
 
 
 def scores(logits, emb, labels, n_classes):
@@ -1425,37 +1487,79 @@ def scores(logits, emb, labels, n_classes):
             "diversity": sum(diversity) / max(1, len(diversity))}
 
 
+def vocoder_key(vocoder):
+    """A name for what the audio goes through, for caches: "griffinlim", or the vocoder's class and a hash of its
+    weights (a replaced checkpoint file is a new vocoder; about 0.1 s for HiFi-GAN V1)."""
+    if vocoder is None:
+        return "griffinlim"
+    h = hashlib.sha1(type(vocoder).__name__.encode())
+    for name, t in vocoder.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def check_vocoder(cfg, data, vocoder, device, clips=4, frames=64):
+    """The start-of-run line: a few real clips (their loudest `frames` frames) round-tripped through the vocoder, its
+    mel L1 (level-normalised, so a gain is not an error) beside Griffin-Lim's; a few seconds on a CPU. Griffin-Lim
+    fits the magnitudes it is given, so its L1 is low however phasey it sounds: HiFi-GAN is judged against its own
+    L1 on speech, where it is transparent."""
+    with own_rng(device):  # the real crops must not draw from training's RNG stream
+        real = data.logmels(torch.linspace(0, len(data) - 1, min(clips, len(data))).long()).cpu()  # (B, n_mels, T)
+    w = min(frames, real.shape[-1])
+    start = F.avg_pool1d(real.exp().sum(1, keepdim=True), w, 1).squeeze(1).argmax(1)  # the loudest window
+    real = torch.stack([r[:, s:s + w] for r, s in zip(real, start.tolist())])
+    mel = MelSpectrogram(cfg)
+    l1 = lambda v: (level(mel(vocode(real, v, cfg))[..., :w]) - level(real)).abs().mean().item()
+    gl = l1(None)
+    line = (f"Vocoder check: {len(real)} real clips round-tripped, mel L1 (0 is perfect, noise about {NOISE_L1:g}): "
+            f"{gl:.2f} through Griffin-Lim")
+    if vocoder is None:
+        print(line + ".")
+        return gl, gl
+    own = l1(vocoder)
+    weak = (f" It is far from the speech it was trained on ({own / SPEECH_L1:.1f}x its L1 there): expect it to cap how "
+            f"good any sample can sound; --eval_every measures that ceiling (README, \"Vocoder\").") \
+        if own > 2 * SPEECH_L1 else ""
+    print(f"{line} (which fits magnitudes, not phase), {own:.2f} through HiFi-GAN ({cfg.vocoder}; about "
+          f"{SPEECH_L1:g} on spoken digits).{weak}")
+    return own, gl
+
+
 class Evaluator:
-    """Trains (or loads) the classifier on real training clips and scores generated audio against real held-out clips.
+    """Trains (or loads) the classifier on real training clips and scores generated audio against real held-out clips,
+    with the real floor and the vocoder ceiling beside it. Generated clips are vocoded and re-analysed, so the score
+    is of the audio a user hears, not of raw mels."""
 
-    The generated clips are vocoded and re-analysed, so the score is of the audio a user hears, not of raw mels."""
-
-    def __init__(self, cfg, data, device):
+    def __init__(self, cfg, data, device, vocoder):
         self.cfg, self.device, self.classes = cfg, device, data.classes
         if cfg.eval_path:
-            held = MelClips(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
-            if held.classes != data.classes:
-                raise SystemExit(f"eval_path classes {held.classes} differ from the training classes {data.classes}.")
-            train_idx, held_data, held_idx = torch.arange(len(data)), held, torch.arange(len(held))
+            held_data = MelClips(dataclasses.replace(cfg, base_path=cfg.eval_path), torch.device("cpu"), data.scale)
+            if held_data.classes != data.classes:
+                raise SystemExit(f"eval_path classes {held_data.classes} differ from the training classes "
+                                 f"{data.classes}.")
+            train_idx, held_idx = torch.arange(len(data)), torch.arange(len(held_data))
         else:  # every 10th clip held out from the classifier (the GAN still sees it)
             train_idx, held_data = torch.arange(len(data))[torch.arange(len(data)) % 10 != 0], data
             held_idx = torch.arange(len(data))[::10]
         self.mel = MelSpectrogram(cfg).to(device)
-        cache = os.path.join(cfg.out_dir, "mel_cache", f"classifier-{data.key[:12]}-{held_data.key[:8]}-"
+        cache = os.path.join(cfg.out_dir, "mel_cache", f"classifier-v2-{data.key[:12]}-{held_data.key[:8]}-"
                              f"{cfg.n_frames}x{cfg.eval_steps}.pt")
+        held_labels = held_data.labels[held_idx]
+        self.counts = torch.bincount(held_labels, minlength=len(self.classes))  # the class mix of every set
+        # The floor's training clips: as many of each class as are held out (fewer only where training has fewer).
+        train_pick = torch.cat([train_idx[data.labels[train_idx] == c][:n] for c, n in enumerate(self.counts.tolist())])
         with own_rng(device):  # training's RNG untouched
             self.model = self.cached(cache)
             if self.model is None:
                 self.model = self.trained(cache, data, train_idx)
             torch.manual_seed(0)  # the same real crops whether the classifier was cached or trained just now
-            # The floor from as many real clips per class as are generated: the distance shrinks with sample size.
-            per_class = [train_idx[data.labels[train_idx] == c][:cfg.eval_samples] for c in range(len(self.classes))]
-            real_train, held = self.real(data, torch.cat(per_class)), self.real(held_data, held_idx)
-            self.held_labels, self.held, self.held_bands = held_data.labels[held_idx].to(device), self.classify(held), \
-                band_stats(held)
-        self.reference = {**scores(*self.held, self.held_labels, len(self.classes)),  # the floors a GAN can reach:
-                          "frechet": frechet_distance(self.classify(real_train)[1], self.held[1]),
-                          "frechet_mel": frechet_distance(band_stats(real_train), self.held_bands)}
+            held = self.real(held_data, held_idx)
+            self.train_set = self.heard_set(self.real(data, train_pick), data.labels[train_pick])
+            self.held_set = self.heard_set(held, held_labels)
+            through = self.ceiling_set(held, held_labels, vocoder, cache)
+        self.floor = self.against_train(self.held_set)  # real held-out clips: what a perfect GAN would score
+        self.ceiling = self.against_train(through)  # the same, through the vocoder: what any GAN can score here
 
     def cached(self, cache):
         """The classifier from its cache, or None; a damaged or foreign cache is rebuilt, with one line saying so."""
@@ -1474,11 +1578,7 @@ class Evaluator:
         torch.manual_seed(0)
         self.model = Classifier(len(self.classes), self.cfg.n_mels).to(self.device)  # trained in place
         self.train_classifier(data, idx)
-        try:
-            with atomic(cache) as tmp:
-                torch.save(self.model.state_dict(), tmp)
-        except OSError as e:
-            print(f"Could not write the evaluation-classifier cache {cache} ({e.strerror}); continuing without it")
+        save_cache(self.model.state_dict(), cache, "evaluation-classifier cache")
         return self.model.eval()
 
     def real(self, data, idx):
@@ -1486,46 +1586,94 @@ class Evaluator:
         return data.logmels(idx.to(data.labels_d.device)).to(self.device)
 
     def train_classifier(self, data, idx, batch=64):
+        """Adam with a one-cycle schedule and label smoothing, on gain- and noise-augmented crops (degrade)."""
         opt = torch.optim.Adam(self.model.parameters(), 1e-3)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=self.cfg.eval_steps)
         for _ in progress(range(self.cfg.eval_steps), "Training the evaluation classifier"):
             pick = idx[torch.randint(len(idx), (batch,))]
-            logits, _ = self.model(self.real(data, pick))
-            loss = F.cross_entropy(logits, data.labels[pick].to(self.device))
+            logits, _ = self.model(degrade(self.real(data, pick)))
+            loss = F.cross_entropy(logits, data.labels[pick].to(self.device), label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
 
     @torch.no_grad()
-    def classify(self, logmel, chunk=64):
-        """(logits, embeddings) in chunks of the classifier's training batch: one input shape in all."""
-        return chunked(self.model, logmel, chunk, LOG_FLOOR)
+    def heard_set(self, logmel, labels):
+        """(logits, embeddings, band statistics, labels) of log-mels (N, n_mels, T), in chunks of the classifier's
+        training batch: one input shape in all."""
+        return (*chunked(self.model, logmel, 64, LOG_FLOOR), band_stats(logmel), labels.to(self.device))
+
+    def hear(self, logmel, vocoder):
+        """Log-mels as a listener gets them: vocoded, then analysed again, cut to their own length."""
+        return self.mel(vocode(logmel, vocoder, self.cfg).to(self.device))[..., :logmel.shape[-1]]
+
+    def ceiling_set(self, held, labels, vocoder, cache):
+        """The held-out clips heard through the vocoder, cached beside the classifier (vocoding is slow on a CPU)."""
+        path = cache.replace("classifier-", "ceiling-")[:-3] + f"-{vocoder_key(vocoder)}.pt"
+        heard = None
+        if os.path.exists(path):
+            try:
+                heard = torch.load(path, map_location=self.device, weights_only=True)
+                heard = heard if heard.shape == held.shape and heard.dtype == torch.float16 else None
+            except Exception as e:
+                print(f"Rebuilding unreadable vocoder-ceiling cache {path} ({type(e).__name__})")
+        if heard is None:
+            heard = self.hear(held, vocoder).half()  # stored in fp16 (0.002 nats), scored alike cached or not
+            save_cache(heard, path, "vocoder-ceiling cache")
+        return self.heard_set(heard.float(), labels)
+
+    def compare(self, clips, against):
+        """The scores of a heard set and its Frechet distances to another, with its size n."""
+        logits, emb, bands, labels = clips
+        return {**scores(logits, emb, labels, len(self.classes)), "frechet": frechet_distance(emb, against[1]),
+                "frechet_mel": frechet_distance(bands, against[2]), "n": len(labels)}
+
+    def against_train(self, clips):
+        """A held-out-sized real set (the real clips, or them transformed) against the floor's training clips."""
+        return self.compare(clips, self.train_set)
 
     def score(self, logmel, labels, vocoder):
         """Metrics of generated log-mels (N, n_mels, T) whose intended classes are labels (N,); vocoder None = G-L."""
-        heard = self.mel(vocode(logmel, vocoder, self.cfg).to(self.device))[..., :logmel.shape[-1]]
-        logits, emb = self.classify(heard)
-        return {**scores(logits, emb, labels.to(self.device), len(self.classes)),
-                "frechet": frechet_distance(emb, self.held[1]), "frechet_mel": frechet_distance(band_stats(heard),
-                                                                                                self.held_bands)}
+        return self.compare(self.heard_set(self.hear(logmel, vocoder), labels), self.held_set)
 
     def evaluate(self, generator, scale, vocoder, epoch):
-        """Score eval_samples clips per class from generator; append them to eval_metrics.csv and redraw the plot."""
-        noise, labels = (t.to(self.device) for t in seeded_noise(range(len(self.classes)), self.cfg.eval_samples,
+        """Score as many generated clips per class as are held out (or eval_samples); append them to
+        eval_metrics.csv and redraw the plot."""
+        per_class = self.cfg.eval_samples or self.counts
+        noise, labels = (t.to(self.device) for t in seeded_noise(range(len(self.classes)), per_class,
                                                                   self.cfg.latent_dim, self.cfg.seed + 1))
         m = self.score(sample_logmels(generator, noise, labels, scale), labels, vocoder)
-        ref = self.reference
-        print(f"eval epoch {epoch}: accuracy {m['accuracy']:.3f} (real held-out {ref['accuracy']:.3f}), "
-              f"IS {m['inception_score']:.2f} (real {ref['inception_score']:.2f}), Frechet {m['frechet']:.2f} "
-              f"(real floor {ref['frechet']:.2f}), band Frechet {m['frechet_mel']:.2f} (real floor "
-              f"{ref['frechet_mel']:.2f}), within-class diversity {m['diversity']:.2f} "
-              f"(real {ref['diversity']:.2f})")
-        row = {"epoch": epoch, **{k: round(m[k], 4) for k in EVAL_METRICS},
-               **{f"real_{k}": round(ref[k], 4) for k in EVAL_METRICS},
-               **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes, m["per_class"])}}
+        print(self.report(m, f"eval epoch {epoch}"))
+        rounded = lambda d, prefix="": {f"{prefix}{k}": round(d[k], 4) for k in EVAL_METRICS}
+        row = {"epoch": epoch, "n": m["n"], **rounded(m), **rounded(self.ceiling, "ceiling_"),
+               **rounded(self.floor, "real_"), **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes,
+                                                                                               m["per_class"])}}
         path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
         rows = [r for r in read_rows(path) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) != epoch] + [row]
         write_eval(rows, self.cfg.out_dir)  # the columns of this row: an older version's extra ones are left out
         return m
+
+    def report(self, m, what):
+        """Generated, vocoder ceiling and real floor side by side, and a line on whose the gap is."""
+        f, c = self.floor, self.ceiling
+        x = lambda k, d: f"{d[k]:.2f} ({d[k] / max(f[k], 1e-12):.1f}x floor)"
+        lines = [f"{what}: {m['n']} generated clips, {f['n']} real held-out, {len(self.train_set[3])} real training "
+                 f"(level-normalised)", "                generated | vocoder ceiling | real"]
+        lines += [f"{name:<15} {m[k]:.3f} | {c[k]:.3f} | {f[k]:.3f}" for name, k in
+                  (("accuracy", "accuracy"), ("Inception", "inception_score"), ("diversity", "diversity"))]
+        lines += [f"{name:<15} {x(k, m)} | {x(k, c)} | floor {f[k]:.2f}" for name, k in
+                  (("Frechet", "frechet"), ("band Frechet", "frechet_mel"))]
+        return "\n".join(lines + [gap_line(m, c, f)])
+
+
+def gap_line(m, c, f):
+    """Which part of the gap to real audio is the vocoder's (its ceiling) and which the GAN's."""
+    points, vocoder_points = 100 * (f["accuracy"] - m["accuracy"]), 100 * max(0.0, f["accuracy"] - c["accuracy"])
+    excess, vocoder_excess = m["frechet"] - f["frechet"], max(0.0, c["frechet"] - f["frechet"])
+    share = min(1.0, vocoder_excess / excess) if excess > 0 else float("nan")
+    return (f"gap to real: {points:.1f} accuracy points, {vocoder_points:.1f} of them the vocoder's; of the Frechet "
+            f"excess over the floor, {share:.0%} is the vocoder's and the rest the GAN's")
 
 
 # ---------------------------------------------------------------- runtime: device, AMP, DDP, signals, out_dir lock
@@ -1781,7 +1929,8 @@ class Run:
 
 
 def prepare_data(cfg, rank, world, device, ckpt):
-    """(cfg, clips, evaluator): demo data, the mel cache and the evaluator's classifier, built by rank 0 first."""
+    """(cfg, clips, vocoder, evaluator): demo data, the mel cache, the vocoder and its check, the evaluator's
+    classifier and ceiling, built by rank 0 first (the others have no vocoder and no evaluator)."""
     with rank_zero_first(rank, world):
         if cfg.base_path == "demo":
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
@@ -1792,15 +1941,20 @@ def prepare_data(cfg, rank, world, device, ckpt):
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
                              f"{len(data) // world} or less, or add data.")
-        evaluator = Evaluator(cfg, data, device) if cfg.eval_every and rank == 0 else None  # trains its classifier
+        vocoder = evaluator = None
+        if rank == 0:
+            vocoder = load_vocoder(cfg, device)
+            check_vocoder(cfg, data, vocoder, device)
+            if cfg.eval_every:
+                evaluator = Evaluator(cfg, data, device, vocoder)  # trains its classifier, vocodes its ceiling
     data.shard = data.shard[rank::world]
-    return cfg, data, evaluator
+    return cfg, data, vocoder, evaluator
 
 
 def build_run(cfg, rank, world, device, ckpt):
     """Data, models, optimisers, gradient scalers, vocoder and fixed noise of one process, restored from ckpt if any."""
     torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
-    cfg, data, evaluator = prepare_data(cfg, rank, world, device, ckpt)
+    cfg, data, vocoder, evaluator = prepare_data(cfg, rank, world, device, ckpt)
     generator, critic = (m.to(device) for m in build_models(cfg, len(data.classes)))
     fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
     opt_g, opt_c = (torch.optim.Adam(m.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
@@ -1811,7 +1965,7 @@ def build_run(cfg, rank, world, device, ckpt):
     fixed_noise, sample_labels = seeded_noise(range(len(data.classes)), cfg.samples_per_class, cfg.latent_dim, cfg.seed)
     run = Run(cfg, rank, world, device, data, evaluator, generator, critic,
               copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,  # for samples
-              opt_g, opt_c, scaler_g, scaler_c, dtype, load_vocoder(cfg, device) if rank == 0 else None,
+              opt_g, opt_c, scaler_g, scaler_c, dtype, vocoder,
               fixed_noise, sample_labels, os.path.join(cfg.out_dir, "checkpoint.pt"),
               running=torch.zeros(len(METRICS), device=device))  # summed on the device; read once per log_every
     data.place(device)  # now that the models, optimisers and vocoder hold their memory
@@ -2085,8 +2239,8 @@ def evaluate(cfg):
         data = MelClips(saved, device, scale)
         if data.classes != ckpt["classes"]:
             raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
-        metrics = Evaluator(saved, data, device).evaluate(generator, scale, load_vocoder(saved, device),
-                                                          ckpt["epoch"])
+        vocoder = load_vocoder(saved, device)
+        metrics = Evaluator(saved, data, device, vocoder).evaluate(generator, scale, vocoder, ckpt["epoch"])
     refresh_gallery(cfg, ckpt)
     return metrics
 

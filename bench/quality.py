@@ -1,15 +1,19 @@
-"""Audio quality on real spoken digits (FSDD): train variants for the same wall-clock budget, score them alike.
+"""Audio quality on real spoken digits (FSDD) or another train/test set: train variants for the same budget, score
+them alike with evaluator v2, beside the real floor and the vocoder ceiling.
 
-    python bench/quality.py --minutes 15 --variants default,seed --seeds 42,43   # the finalists' comparison
-    python bench/quality.py --minutes 3 --variants default,conv2d,aux1            # a quick screen
-    python bench/quality.py --data runs/notes --minutes 15 --variants default     # another dataset (train/ test/)
+    python bench/quality.py --minutes 15 --variants default --seeds 42,43          # a claim: two seeds at least
+    python bench/quality.py --minutes 3 --variants default,conv2d,aux1              # a quick screen
+    python bench/quality.py --data runs/gm_notes --n_frames 128 --minutes 15        # the music set (make_gm_notes.py)
+    python bench/quality.py --steps 3500 --seeds 42,43 --score_only                 # rescore the runs already in --out
 
-Trains on DATA/train with a short-clip CPU preset (64 frames = 0.74 s) and scores against DATA/test with the
-script's own Evaluator: one classifier trained once on the real training clips (its cache is shared by every
-variant), so every variant is judged by the same judge. The generated mels are vocoded with HiFi-GAN and re-analysed
-first, so the score is of what a user hears. Each run stops at --minutes of wall clock (or --steps generator steps)
-and is scored with the generator that sampling uses (the EMA one when there is one). Prints a markdown table with
-the real data's floors beside it; Frechet distances and diversity are also given as ratios to those floors.
+Trains on DATA/train with a short-clip CPU preset (64 frames = 0.74 s unless --n_frames) and scores against
+DATA/test with the script's own Evaluator: one classifier trained once on the real training clips (its cache is
+shared by every variant), so every variant is judged by the same judge. Every set is level-normalised and equal in
+size: N = all test clips, N training clips in the same class mix for the real floor, the N test clips through
+HiFi-GAN for the vocoder ceiling, N generated clips (vocoded and re-analysed: the score is of what a user hears).
+Each run stops at --minutes of wall clock (or --steps generator steps) and is scored with the generator that sampling
+uses (the EMA one when there is one). Prints a markdown table: a row per run, a mean (min-max) row per variant over
+its seeds, then the vocoder ceiling and the real floor; Frechet distances as ratios to the floor and the ceiling.
 """
 import argparse
 import dataclasses
@@ -25,7 +29,7 @@ import train_audio_gan as tag  # noqa: E402
 
 FSDD = os.path.join(REPO, "..", "shared", "data", "fsdd")
 PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_per_class=1, log_every=25,
-              vocoder="universal", eval_samples=20, epochs=1000, epoch_steps=250)
+              vocoder="universal", eval_samples=0, epochs=1000, epoch_steps=250)
 # Every variant spells out what it compares, so the table keeps its meaning when the defaults change.
 RECIPE = dict(arch="conv1d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False, aux_weight=0.0,
               augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, beta1=0.5, beta2=0.999)
@@ -46,22 +50,49 @@ VARIANTS = {
 }
 
 
-def judge(data_root, out, device):
-    """The shared evaluator: its classifier and real floors do not depend on any variant's GAN scaling."""
+def judge(data_root, out, device, n_frames):
+    """The shared evaluator and its vocoder: the classifier, the floor and the ceiling depend on no variant's GAN."""
     cfg = tag.Config(base_path=os.path.join(data_root, "train"), eval_path=os.path.join(data_root, "test"),
-                     out_dir=out, device=device, scaling="affine", **PRESET)
-    return tag.Evaluator(cfg, tag.MelClips(cfg, tag.pick_device(device)), tag.pick_device(device))
+                     out_dir=out, device=device, scaling="affine", **{**PRESET, "n_frames": n_frames})
+    device = tag.pick_device(device)
+    vocoder = tag.load_vocoder(cfg, device)
+    return tag.Evaluator(cfg, tag.MelClips(cfg, device), device, vocoder), vocoder
+
+
+def run_config(args, name, seed, extra):
+    """The training configuration of one variant and seed, budgeted by --minutes or by exactly --steps."""
+    cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
+                     out_dir=os.path.join(args.out, f"{name}-{seed}"),
+                     **{**PRESET, "n_frames": args.n_frames, "max_minutes": 0.0 if args.steps else args.minutes},
+                     **{**RECIPE, **VARIANTS[name], **extra})
+    if args.steps:  # exactly --steps: the last epoch may be shorter
+        per_epoch = min(args.steps, PRESET["epoch_steps"])
+        cfg = dataclasses.replace(cfg, epoch_steps=per_epoch, epochs=-(-args.steps // per_epoch))
+    return cfg
+
+
+def trained(cfg, score_only):
+    """(generator, scale, classes, steps, minutes): trained now, or with --score_only read from the run's checkpoint."""
+    if score_only:
+        generator, ckpt, _, scale, _ = tag.load_generator(dataclasses.replace(cfg, mode="evaluate"))
+        return generator, scale, ckpt["classes"], ckpt["step"], float("nan")
+    t0 = time.time()
+    result = tag.train(cfg)
+    return (result["generator_ema"] or result["generator"], result["scale"], result["classes"], result["steps"],
+            (time.time() - t0) / 60)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per run (0 = no limit)")
     p.add_argument("--steps", type=int, default=0, help="generator steps per run instead (0 = budget by --minutes)")
-    p.add_argument("--variants", default="default,seed", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--set", default="", help="extra settings for every variant, e.g. aux_weight=1,augment=true")
-    p.add_argument("--seeds", default="42")
+    p.add_argument("--seeds", default="42,43", help="comma-separated; a claim needs two at least")
     p.add_argument("--data", default=FSDD, help="a folder with train/<class>/ and test/<class>/ audio")
+    p.add_argument("--n_frames", type=int, default=PRESET["n_frames"], help="mel frames per clip (multiple of 16)")
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
+    p.add_argument("--score_only", action="store_true", help="score the checkpoints already in --out, train nothing")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     if not os.path.isdir(os.path.join(args.data, "train")):
@@ -69,58 +100,77 @@ def main():
     extra = dict(kv.split("=") for kv in args.set.split(",") if kv)
     extra = {k: type(getattr(tag.Config, k))(v) if not isinstance(getattr(tag.Config, k), bool) else
              tag.str2bool(v) for k, v in extra.items()}
-    evaluator = judge(args.data, args.out, args.device)
-    rows = []
+    evaluator, vocoder = judge(args.data, args.out, args.device, args.n_frames)
+    rows = {}
     for name in args.variants.split(","):
         for seed in map(int, args.seeds.split(",")):
-            budget = dict(epochs=-(-args.steps // PRESET["epoch_steps"]), max_minutes=0.0) if args.steps else \
-                dict(max_minutes=args.minutes)
-            cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
-                             out_dir=os.path.join(args.out, f"{name}-{seed}"), **{**PRESET, **budget},
-                             **{**RECIPE, **VARIANTS[name], **extra})
-            if args.steps:  # exactly --steps: the last epoch may be shorter
-                cfg = dataclasses.replace(cfg, epoch_steps=min(args.steps, PRESET["epoch_steps"]),
-                                          epochs=-(-args.steps // min(args.steps, PRESET["epoch_steps"])))
-            t0 = time.time()
-            result = tag.train(cfg)
-            minutes = (time.time() - t0) / 60
-            steps = result["steps"]
-            generator = result["generator_ema"] or result["generator"]
-            vocoder = tag.load_vocoder(cfg, evaluator.device)
-            m = evaluator.evaluate(generator, result["scale"], vocoder, steps)
-            plot_final(generator, result, cfg, f"{name}, seed {seed}, {steps} steps, {minutes:.1f} min")
-            rows.append((name, seed, steps, minutes, m))
-            print(row(*rows[-1], evaluator.reference), flush=True)
-    ref = evaluator.reference
-    print(f"\n{os.path.basename(os.path.normpath(args.data))}, budget "
-          f"{f'{args.steps} steps' if args.steps else f'{args.minutes:g} minutes'} per run, "
-          f"{tag.pick_device(args.device)}; {PRESET['eval_samples']} clips per class, vocoded by HiFi-GAN (universal) "
-          f"and re-analysed; extra settings: {extra or 'none'}")
-    print("| variant | seed | steps | train min | accuracy | worst class | IS | Frechet (x floor) | "
+            cfg = run_config(args, name, seed, extra)
+            generator, scale, classes, steps, minutes = trained(cfg, args.score_only)
+            m = evaluator.evaluate(generator, scale, vocoder, steps)
+            plot_final(generator, scale, classes, cfg, f"{name}, seed {seed}, {steps} steps")
+            rows.setdefault(name, []).append((seed, steps, minutes, m))
+            print(row(name, seed, steps, minutes, m, evaluator), flush=True)
+    print_table(args, extra, rows, evaluator)
+
+
+def print_table(args, extra, rows, ev):
+    """The markdown table: each run, each variant's mean (min-max) over seeds, the vocoder ceiling, the real floor."""
+    budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} minutes"
+    print(f"\n{os.path.basename(os.path.normpath(args.data))}, {args.n_frames} frames, budget {budget} per run, "
+          f"{tag.pick_device(args.device)}; N = {ev.floor['n']} clips in every set (generated, test through the "
+          f"vocoder, test, train), level-normalised; generated audio vocoded by HiFi-GAN ({PRESET['vocoder']}) and "
+          f"re-analysed; extra settings: {extra or 'none'}")
+    print("| variant | seed | steps | train min | accuracy | worst class | IS | Frechet (x floor, x ceiling) | "
           "band Frechet (x floor) | diversity (x real) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(row(*r, ref))
-    print(f"| real test clips | | | | {ref['accuracy']:.3f} | {min(ref['per_class']):.2f} | "
-          f"{ref['inception_score']:.2f} | floor {ref['frechet']:.1f} | floor {ref['frechet_mel']:.1f} | "
-          f"{ref['diversity']:.2f} |")
+    for name, runs in rows.items():
+        for seed, steps, minutes, m in runs:
+            print(row(name, seed, steps, minutes, m, ev))
+        if len(runs) > 1:
+            print(spread_row(name, runs, ev))
+    c, f = ev.ceiling, ev.floor
+    print(f"| *vocoder ceiling (test clips through HiFi-GAN)* | | | | {c['accuracy']:.3f} | {min(c['per_class']):.2f} | "
+          f"{c['inception_score']:.2f} | {c['frechet']:.2f} ({c['frechet'] / f['frechet']:.2f}x) | "
+          f"{c['frechet_mel']:.2f} ({c['frechet_mel'] / f['frechet_mel']:.2f}x) | "
+          f"{c['diversity']:.2f} ({c['diversity'] / f['diversity']:.2f}x) |")
+    print(f"| *real test clips* | | | | {f['accuracy']:.3f} | {min(f['per_class']):.2f} | {f['inception_score']:.2f} | "
+          f"floor {f['frechet']:.2f} | floor {f['frechet_mel']:.2f} | {f['diversity']:.2f} |")
+    for name, runs in rows.items():
+        print(f"{name}, seed {runs[-1][0]}: {tag.gap_line(runs[-1][3], c, f)}")
 
 
-def plot_final(generator, result, cfg, title):
+def plot_final(generator, scale, classes, cfg, title):
     """The run's last samples as a grid (3 per class, fixed noise): out_dir/final.png, beside real_examples.png."""
-    labels = torch.arange(len(result["classes"])).repeat_interleave(3)
+    labels = torch.arange(len(classes)).repeat_interleave(3)
     noise = torch.randn(len(labels), cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed))
     device = next(generator.parameters()).device
-    logmels = tag.sample_logmels(generator, noise.to(device), labels.to(device), result["scale"]).cpu()
-    grid = logmels.view(len(result["classes"]), 3, *logmels.shape[1:])
-    tag.plot_mels(grid, result["classes"], os.path.join(cfg.out_dir, "final.png"), cfg, title)
+    logmels = tag.sample_logmels(generator, noise.to(device), labels.to(device), scale).cpu()
+    tag.plot_mels(logmels.view(len(classes), 3, *logmels.shape[1:]), classes, os.path.join(cfg.out_dir, "final.png"),
+                  cfg, title)
 
 
-def row(name, seed, steps, minutes, m, ref):
+def ratios(m, ev):
+    return (f"{m['frechet']:.2f} ({m['frechet'] / ev.floor['frechet']:.1f}x, {m['frechet'] / ev.ceiling['frechet']:.1f}x) | "
+            f"{m['frechet_mel']:.2f} ({m['frechet_mel'] / ev.floor['frechet_mel']:.1f}x) | "
+            f"{m['diversity']:.2f} ({m['diversity'] / ev.floor['diversity']:.2f}x)")
+
+
+def row(name, seed, steps, minutes, m, ev):
     return (f"| {name} | {seed} | {steps} | {minutes:.1f} | {m['accuracy']:.3f} | {min(m['per_class']):.2f} | "
-            f"{m['inception_score']:.2f} | {m['frechet']:.1f} ({m['frechet'] / ref['frechet']:.1f}x) | "
-            f"{m['frechet_mel']:.1f} ({m['frechet_mel'] / ref['frechet_mel']:.1f}x) | "
-            f"{m['diversity']:.2f} ({m['diversity'] / ref['diversity']:.2f}x) |")
+            f"{m['inception_score']:.2f} | {ratios(m, ev)} |")
+
+
+def spread_row(name, runs, ev):
+    """Mean and (min-max) over a variant's seeds, for every column that is a score."""
+    cell = lambda key, fmt, scale=1.0: (f"{sum(r[3][key] for r in runs) / len(runs) / scale:{fmt}} "
+                                        f"({min(r[3][key] for r in runs) / scale:{fmt}}-"
+                                        f"{max(r[3][key] for r in runs) / scale:{fmt}})")
+    worst = [min(r[3]["per_class"]) for r in runs]
+    return (f"| **{name}, mean (min-max) of {len(runs)} seeds** | | {sum(r[1] for r in runs) / len(runs):.0f} | | "
+            f"**{cell('accuracy', '.3f')}** | {min(worst):.2f} | {cell('inception_score', '.2f')} | "
+            f"**{cell('frechet', '.1f', ev.floor['frechet'])}x floor** | "
+            f"{cell('frechet_mel', '.1f', ev.floor['frechet_mel'])}x floor | "
+            f"{cell('diversity', '.2f', ev.floor['diversity'])}x real |")
 
 
 if __name__ == "__main__":

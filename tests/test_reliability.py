@@ -436,18 +436,23 @@ def test_malformed_mel_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, ca
     assert tag.MelClips(cfg, torch.device("cpu")).cache_hit  # the rebuilt cache was written
 
 
-def test_truncated_evaluation_classifier_cache_is_rebuilt_with_one_line(tmp_path, tiny_dataset, capsys):
+def test_truncated_evaluation_caches_are_rebuilt_with_one_line(tmp_path, tiny_dataset, capsys):
     cfg = tiny_config(tiny_dataset, tmp_path / "out", eval_steps=5, eval_samples=2)
     data = tag.MelClips(cfg, torch.device("cpu"))
-    first = tag.Evaluator(cfg, data, torch.device("cpu"))
+    first = tag.Evaluator(cfg, data, torch.device("cpu"), None)
     (cache,) = (tmp_path / "out" / "mel_cache").glob("classifier-*.pt")
-    cache.write_bytes(cache.read_bytes()[:300])
+    (ceiling,) = (tmp_path / "out" / "mel_cache").glob("ceiling-*.pt")
+    for damaged in (cache, ceiling):
+        damaged.write_bytes(damaged.read_bytes()[:300])
     capsys.readouterr()
-    again = tag.Evaluator(cfg, data, torch.device("cpu"))
-    assert capsys.readouterr().out.count("Rebuilding unreadable evaluation-classifier cache") == 1
+    again = tag.Evaluator(cfg, data, torch.device("cpu"), None)
+    out = capsys.readouterr().out
+    assert out.count("Rebuilding unreadable evaluation-classifier cache") == 1
+    assert out.count("Rebuilding unreadable vocoder-ceiling cache") == 1
+    assert again.ceiling["frechet_mel"] == first.ceiling["frechet_mel"]  # vocoded again: the same clips
     weights = zip(first.model.state_dict().values(), again.model.state_dict().values())
     assert all(torch.equal(a, b) for a, b in weights)  # retrained from the same seed: the same classifier
-    assert torch.load(cache, weights_only=True)  # and cached again, whole
+    assert torch.load(cache, weights_only=True) and torch.load(ceiling, weights_only=True) is not None  # whole again
 
 
 @pytest.mark.parametrize("flag,value,message", [
