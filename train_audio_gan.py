@@ -134,14 +134,18 @@ class Config:
 
 # Presets map a field to (the default this script ships with, the preset's value). A preset fills a field only while
 # Config still holds the shipped default and no flag sets it: edit a default above and your value wins, demo or not.
-# A CPU-sized preset for the synthetic demo, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"):
-# 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
-DEMO_PRESET = dict(n_frames=(512, 64), batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16),
-                   epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
+# On a CPU the defaults above are a GPU's: one step of batch 128 at widths 64 and 512 frames takes tens of seconds and
+# ~6 GiB there. A run on the CPU takes the sizes that measured best per CPU-minute (bench/RESULTS.md, "Audio quality")
+# for every size that no flag and no edited default sets.
+CPU_PRESET = dict(n_frames=(512, 64), batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16))
+# The synthetic demo, on any device, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"): the CPU
+# sizes and 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
+DEMO_PRESET = dict(**CPU_PRESET, epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
 # --arch seed is the original design, trained plainly, kept for comparison; it wins over the demo preset (lr).
 SEED_PRESET = dict(scaling=("affine", "log1p"), critic_cond=("projection", "concat"), g_cond=("cbn", "concat"),
                    mbstd=(False, False), aux_weight=(0.0, 0.0), augment=(False, False), gp_every=(1, 1),
                    ema=(0.999, 0.0), lr=(2e-4, 2e-4), beta1=(0.5, 0.5), beta2=(0.999, 0.999), n_critic=(5, 5))
+PRESETS = (("cpu", CPU_PRESET), ("demo", DEMO_PRESET), ("seed", SEED_PRESET))  # in the order they apply
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
 ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
@@ -174,7 +178,7 @@ def parse_config(argv=None, config=Config):
     for f in dataclasses.fields(config):
         kind = str2bool if f.type in (bool, "bool") else type(f.default)
         extra = dict(nargs="?", const=True) if kind is str2bool else {}
-        shown = "".join(f"; {name}: {p[f.name][1]!r}" for name, p in (("demo", DEMO_PRESET), ("seed", SEED_PRESET))
+        shown = "".join(f"; {name}: {p[f.name][1]!r}" for name, p in PRESETS
                         if f.name in p and p[f.name][0] == f.default != p[f.name][1])  # where the preset changes it
         parser.add_argument(f"--{f.name}", type=kind, default=None, choices=f.metadata["choices"],
                             help=f"{f.metadata['help']} (default: {f.default!r}{shown})", **extra)
@@ -187,12 +191,23 @@ def parse_config(argv=None, config=Config):
 
 
 def apply_presets(cfg, given):
-    """cfg with the demo (base_path "demo") and seed (arch "seed") presets filled in: each field that no flag in given
-    set and whose Config default is still the shipped one takes the preset's value; the seed preset wins over demo."""
+    """cfg with the CPU (a run on the CPU), demo (base_path "demo") and seed (arch "seed") presets filled in: each field
+    that no flag in given set and whose Config default is still the shipped one takes the preset's value; a later
+    preset wins over an earlier one. A CPU run outside the demo says which sizes it took, and how to undo that."""
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    presets = [p for p, on in ((DEMO_PRESET, cfg.base_path == "demo"), (SEED_PRESET, cfg.arch == "seed")) if on]
-    return dataclasses.replace(cfg, **{k: value for p in presets for k, (shipped, value) in p.items()
-                                        if k not in given and defaults[k] == shipped})
+    on = {"cpu": on_cpu(cfg.device), "demo": cfg.base_path == "demo", "seed": cfg.arch == "seed"}
+    fill = {k: value for name, p in PRESETS if on[name] for k, (shipped, value) in p.items()
+            if k not in given and defaults[k] == shipped}
+    sized = [k for k in CPU_PRESET if k in fill]
+    if on["cpu"] and not on["demo"] and sized:
+        print(f"Running on the CPU: {', '.join(f'{k} {fill[k]}' for k in sized)}, the sizes that train best per "
+              f"CPU-minute; for the GPU sizes pass {' '.join(f'--{k} {CPU_PRESET[k][0]}' for k in sized)}.")
+    return dataclasses.replace(cfg, **fill)
+
+
+def on_cpu(device):
+    """Whether --device resolves to the CPU; an unknown name is not (check_config refuses it in one line later)."""
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
 def check_config(cfg):
@@ -797,10 +812,10 @@ def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, s
 
 
 def seeded_noise(class_ids, per_class, latent_dim, seed):
-    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids (a count, or one count per
-    class), from an RNG of their own
-    seeded with seed, so the same seed gives the same noise in every epoch, run and mode."""
-    labels = torch.tensor(list(class_ids)).repeat_interleave(torch.as_tensor(per_class))  # per_class: int or (C,)
+    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids (one count, or a count per
+    class), from an RNG of their own seeded with seed, so the same seed gives the same noise in every epoch, run and
+    mode."""
+    labels = torch.tensor(list(class_ids)).repeat_interleave(torch.as_tensor(per_class))
     return torch.randn(len(labels), latent_dim, generator=torch.Generator().manual_seed(seed)), labels
 
 
@@ -1926,6 +1941,9 @@ class Run:
     diverged: bool = False  # the critic's divergence has been reported this epoch
     view: object = None  # the notebook output that each epoch's samples replace
     tb: object = None  # a TensorBoard SummaryWriter with --tensorboard (rank 0), else None
+    timed_from: tuple = None  # (time, step) where this process started timing its steps (pace)
+    paced: bool = False  # this process has said how fast it trains
+    deadline: float = math.inf  # when --max_minutes stops the run (time.time())
 
 
 def prepare_data(cfg, rank, world, device, ckpt):
@@ -2068,6 +2086,8 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
             ema_update(run.generator_ema, unwrap(run.generator), min(cfg.ema, (1 + run.step) / (10 + run.step)))
         run.step += 1
         run.epoch_step = epoch_step + 1
+        if not run.paced:
+            pace(run, epoch_steps)
         if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
             stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
         run.running += losses
@@ -2106,6 +2126,34 @@ def write_epoch_outputs(run, epoch):
         run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
 
 
+def pace(run, epoch_steps, steps=20, seconds=30):
+    """Time this process's first `steps` steps (or as many as `seconds` allow) after a warm-up step, then say once how
+    fast it trains and how long an epoch and the run will take (steps only: epoch-end work comes on top)."""
+    if run.device.type == "cuda":  # steps are queued: the clock must wait for them (twice a run)
+        torch.cuda.synchronize(run.device)
+    now = time.time()
+    if run.timed_from is None:
+        run.timed_from = (now, run.step)
+        return
+    t0, s0 = run.timed_from
+    if run.step - s0 < steps and now - t0 < seconds:
+        return
+    run.paced = True
+    rate, cfg = (run.step - s0) / (now - t0), run.cfg
+    left = (cfg.epochs - run.epoch - 1) * epoch_steps + epoch_steps - run.epoch_step
+    budget = (f"; --max_minutes {cfg.max_minutes:g} stops it after {duration(run.deadline - now)} more"
+              if now + left / rate > run.deadline else "")
+    tqdm.write(f"Speed: {rate:.2f} steps/s (batch {cfg.batch_size}, {cfg.n_frames} frames, {run.device.type}): an "
+               f"epoch of {epoch_steps} steps takes about {duration(epoch_steps / rate)}, the {left} steps left about "
+               f"{duration(left / rate)}, plus sampling and a checkpoint at each epoch's end{budget}.")
+
+
+def duration(seconds):
+    """'40 s', '12 min' or '3.2 h'."""
+    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.0f} min" if seconds < 6000 else \
+        f"{seconds / 3600:.1f} h"
+
+
 def end_epoch(run, watch, epoch, t0):
     """The epoch's outputs and the checkpoint that marks it done (rank 0), with every rank in step."""
     watch.check()  # one host sync an epoch: never write a checkpoint of NaN weights
@@ -2119,7 +2167,10 @@ def end_epoch(run, watch, epoch, t0):
     if run.world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
         dist.barrier()
     last = {m: round(run.history[m][-1], 4) for m in METRICS} if run.history["step"] else {}
-    print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {time.time() - t0:.1f}s  {last}")
+    took, now = time.time() - t0, time.time()
+    left = min((run.cfg.epochs - epoch) * took, max(0.0, run.deadline - now))  # at this epoch's pace, all included
+    left = f"about {duration(left)} left  " if epoch < run.cfg.epochs else ""
+    print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {took:.1f}s  {left}{last}")
 
 
 def run_result(run, interrupted):
@@ -2134,7 +2185,7 @@ def train_process(cfg, rank, world, device, ckpt, tb=None):
     run.tb = tb
     cfg, watch = run.cfg, FiniteWatch(run)
     epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
-    deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    deadline = run.deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     with stop_requests() as stop:
         for epoch in range(run.epoch + 1, cfg.epochs + 1):
             t0 = time.time()

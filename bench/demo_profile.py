@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import train_audio_gan as tag  # noqa: E402
 
 T_IMPORT = time.perf_counter() - T_START
-PARTS = ("make_demo_dataset", "MelClips", "load_vocoder", "wgan_step", "ema_update", "standing_stats",
+PARTS = ("make_demo_dataset", "MelClips", "load_vocoder", "check_vocoder", "wgan_step", "ema_update", "standing_stats",
          "sample_logmels", "write_samples", "vocode", "plot_mels", "write_thumbnails", "write_wavs", "write_losses",
          "write_gallery", "save")
 

@@ -17,6 +17,7 @@ its seeds, then the vocoder ceiling and the real floor; Frechet distances as rat
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -156,7 +157,8 @@ def ratios(m, ev):
 
 
 def row(name, seed, steps, minutes, m, ev):
-    return (f"| {name} | {seed} | {steps} | {minutes:.1f} | {m['accuracy']:.3f} | {min(m['per_class']):.2f} | "
+    minutes = f"{minutes:.1f}" if math.isfinite(minutes) else "-"  # --score_only: not timed here
+    return (f"| {name} | {seed} | {steps} | {minutes} | {m['accuracy']:.3f} | {min(m['per_class']):.2f} | "
             f"{m['inception_score']:.2f} | {ratios(m, ev)} |")
 
 

@@ -115,7 +115,8 @@ def test_generate_mode(tiny_dataset, tmp_path, monkeypatch):
 def test_parse_config_flags_notebook_argv_and_booleans():
     cfg = tag.parse_config(["-f", "/root/.local/share/jupyter/runtime/kernel-1.json"])  # a notebook kernel's argv
     assert cfg.base_path == "demo" and cfg.n_frames == tag.DEMO_PRESET["n_frames"][1]
-    cfg = tag.parse_config(["--base_path", "data", "--resume", "false", "--lr", "1e-4", "--deterministic"])
+    cfg = tag.parse_config(["--base_path", "data", "--resume", "false", "--lr", "1e-4", "--deterministic",
+                            "--device", "cuda"])  # a GPU run: the GPU sizes
     assert (cfg.resume, cfg.deterministic, cfg.lr, cfg.n_frames, cfg.batch_size) == (False, True, 1e-4, 512, 128)
     assert tag.parse_config(["--resume", "true"]).resume is True
     cfg = tag.parse_config(["--n_frames", "128"])  # demo preset, but an explicit flag wins

@@ -2,6 +2,7 @@
 outputs are; TensorBoard."""
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -53,7 +54,7 @@ def test_presets_fill_only_the_shipped_defaults_so_an_edited_default_wins():
     assert tag.parse_config([]).epochs == tag.DEMO_PRESET["epochs"][1]  # unedited: the demo preset
     assert tag.parse_config(["--arch", "seed", "--base_path", "x"], config=Edited).scaling == "per_bin"
     assert tag.parse_config(["--arch", "seed", "--base_path", "x"]).scaling == "log1p"
-    for preset in (tag.DEMO_PRESET, tag.SEED_PRESET):  # each preset names the default this script ships with
+    for _, preset in tag.PRESETS:  # each preset names the default this script ships with
         for name, (shipped, _) in preset.items():
             assert tag.Config.__dataclass_fields__[name].default == shipped, name
 
@@ -173,3 +174,52 @@ def test_tensorboard_is_never_required_and_asking_for_it_without_it_is_one_line(
     assert not (tmp_path / "tb").exists()  # refused before any work
     tag.train(tiny_config(tiny_dataset, tmp_path / "off"))  # off: trains without it
     assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+GPU_SIZES = {k: shipped for k, (shipped, _) in tag.CPU_PRESET.items()}
+CPU_SIZES = {k: value for k, (_, value) in tag.CPU_PRESET.items()}
+
+
+def sizes(cfg):
+    return {k: getattr(cfg, k) for k in tag.CPU_PRESET}
+
+
+def test_a_cpu_run_takes_the_cpu_sizes_and_says_so_unless_a_flag_or_an_edit_sets_them(monkeypatch, capsys):
+    monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: False)
+    assert sizes(tag.parse_config(["--base_path", "data"])) == CPU_SIZES == {"n_frames": 64, "batch_size": 16,
+                                                                             "g_channels": 32, "d_channels": 16}
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Running on the CPU: n_frames 64, batch_size 16, g_channels 32, d_channels 16")
+    assert line.endswith("pass --n_frames 512 --batch_size 128 --g_channels 64 --d_channels 64.")
+    cfg = tag.parse_config(["--base_path", "data", "--batch_size", "32", "--n_frames", "128"])
+    assert sizes(cfg) == {**CPU_SIZES, "batch_size": 32, "n_frames": 128}  # a flag wins
+    line = capsys.readouterr().out.strip()  # names only the sizes it took
+    assert line.startswith("Running on the CPU: g_channels 32, d_channels 16, ") and "batch_size" not in line
+
+    @dataclasses.dataclass
+    class Edited(tag.Config):  # a user who set the batch size in the file
+        batch_size: int = tag.arg(64, "examples per step", min=1)
+
+    assert tag.parse_config(["--base_path", "data"], config=Edited).batch_size == 64  # an edited default wins
+    assert sizes(tag.parse_config(["--base_path", "data", "--device", "cpu"])) == CPU_SIZES
+    capsys.readouterr()
+    assert sizes(tag.parse_config([])) == CPU_SIZES and "Running on the CPU" not in capsys.readouterr().out  # demo
+
+
+def test_a_gpu_run_keeps_the_gpu_sizes(monkeypatch, capsys):
+    monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: True)  # a mocked CUDA machine
+    assert sizes(tag.parse_config(["--base_path", "data"])) == GPU_SIZES
+    assert sizes(tag.parse_config(["--base_path", "data", "--device", "cuda:0"])) == GPU_SIZES
+    assert "Running on the CPU" not in capsys.readouterr().out
+    assert sizes(tag.parse_config(["--base_path", "data", "--device", "cpu"])) == CPU_SIZES  # asked for the CPU
+
+
+def test_the_run_says_how_long_it_will_take(tiny_dataset, tmp_path, capsys):
+    tag.train(tiny_config(tiny_dataset, tmp_path / "run", epochs=3, epoch_steps=12))
+    out = capsys.readouterr().out
+    speed = re.search(r"Speed: ([\d.]+) steps/s \(batch 4, 16 frames, cpu\): an epoch of 12 steps takes about "
+                      r"(\d+) s, the (\d+) steps left about (\d+) s", out)
+    assert speed and float(speed[1]) > 0 and int(speed[3]) == 36 - 21  # 1 warm-up step and 20 timed ones
+    assert re.search(r"epoch 1/3  step 12  [\d.]+s  about \d+ s left", out)
+    assert re.search(r"epoch 3/3  step 36  [\d.]+s  \{", out)  # nothing left to wait for
+    assert out.count("Speed:") == 1
