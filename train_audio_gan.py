@@ -1686,9 +1686,14 @@ def gap_line(m, c, f):
     """Which part of the gap to real audio is the vocoder's (its ceiling) and which the GAN's."""
     points, vocoder_points = 100 * (f["accuracy"] - m["accuracy"]), 100 * max(0.0, f["accuracy"] - c["accuracy"])
     excess, vocoder_excess = m["frechet"] - f["frechet"], max(0.0, c["frechet"] - f["frechet"])
-    share = min(1.0, vocoder_excess / excess) if excess > 0 else float("nan")
-    return (f"gap to real: {points:.1f} accuracy points, {vocoder_points:.1f} of them the vocoder's; of the Frechet "
-            f"excess over the floor, {share:.0%} is the vocoder's and the rest the GAN's")
+    if not excess > 0:
+        frechet = "the Frechet distance is at the real floor"
+    elif vocoder_excess >= excess:
+        frechet = "the Frechet distance is within the vocoder's ceiling: the vocoder, not the GAN, limits it"
+    else:
+        frechet = (f"of the Frechet excess over the floor, {vocoder_excess / excess:.0%} is the vocoder's, the rest "
+                   f"the GAN's")
+    return f"gap to real: {points:.1f} accuracy points, {min(points, vocoder_points):.1f} of them the vocoder's; {frechet}"
 
 
 # ---------------------------------------------------------------- runtime: device, AMP, DDP, signals, out_dir lock
@@ -1941,8 +1946,7 @@ class Run:
     diverged: bool = False  # the critic's divergence has been reported this epoch
     view: object = None  # the notebook output that each epoch's samples replace
     tb: object = None  # a TensorBoard SummaryWriter with --tensorboard (rank 0), else None
-    timed_from: tuple = None  # (time, step) where this process started timing its steps (pace)
-    paced: bool = False  # this process has said how fast it trains
+    pace: object = None  # times this process's first steps and says how long the run will take (Pace)
     deadline: float = math.inf  # when --max_minutes stops the run (time.time())
 
 
@@ -2079,6 +2083,7 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
     run.diverged = False
     bar = progress(range(run.epoch_step, epoch_steps), f"epoch {epoch}/{cfg.epochs}", total=epoch_steps,
                    initial=run.epoch_step, disable=run.rank != 0)
+    run.pace.resume(run)
     for epoch_step in bar:
         losses = wgan_step(run.generator, run.critic, run.opt_g, run.opt_c, scalers, run.data, cfg, run.dtype,
                            run.step)
@@ -2086,8 +2091,7 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
             ema_update(run.generator_ema, unwrap(run.generator), min(cfg.ema, (1 + run.step) / (10 + run.step)))
         run.step += 1
         run.epoch_step = epoch_step + 1
-        if not run.paced:
-            pace(run, epoch_steps)
+        run.pace.step(run, epoch_steps)
         if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
             stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
         run.running += losses
@@ -2099,6 +2103,7 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
         if run.stopping and run.epoch_step < epoch_steps:
             bar.close()
             return False
+    run.pace.pause(run)  # the epoch-end work is not a step
     run.epoch_step = 0
     return True
 
@@ -2126,31 +2131,66 @@ def write_epoch_outputs(run, epoch):
         run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
 
 
-def pace(run, epoch_steps, steps=20, seconds=30):
-    """Time this process's first `steps` steps (or as many as `seconds` allow) after a warm-up step, then say once how
-    fast it trains and how long an epoch and the run will take (steps only: epoch-end work comes on top)."""
-    if run.device.type == "cuda":  # steps are queued: the clock must wait for them (twice a run)
+def clock(run):
+    """time.time() once the device has done the steps queued so far."""
+    if run.device.type == "cuda":  # steps are queued: the clock must wait for them (a few times a run)
         torch.cuda.synchronize(run.device)
-    now = time.time()
-    if run.timed_from is None:
-        run.timed_from = (now, run.step)
-        return
-    t0, s0 = run.timed_from
-    if run.step - s0 < steps and now - t0 < seconds:
-        return
-    run.paced = True
-    rate, cfg = (run.step - s0) / (now - t0), run.cfg
+    return time.time()
+
+
+class Pace:
+    """Times a process's first training steps (its epoch-end work left out) and, after a warm-up step and `steps`
+    timed ones (or `seconds` of them), says once how fast it trains and how long an epoch and the run will take."""
+
+    def __init__(self, steps=20, seconds=30):
+        self.steps, self.seconds = steps, seconds
+        self.done, self.start, self.warm, self.said = (0.0, 0), None, False, False  # done: (seconds, steps) timed
+
+    def resume(self, run):
+        """At an epoch's start: its steps are timed."""
+        self.start = (clock(run), run.step) if not self.said else None
+
+    def pause(self, run):
+        """At an epoch's end: what follows is not a step."""
+        if self.start is not None:
+            self.done = self.timed(run)[1:]
+            self.start = None
+
+    def timed(self, run):
+        now = clock(run)
+        return now, self.done[0] + now - self.start[0], self.done[1] + run.step - self.start[1]
+
+    def step(self, run, epoch_steps):
+        """After a step: say it once enough steps are timed."""
+        if self.start is None:
+            return
+        now, seconds, steps = self.timed(run)
+        if not self.warm:
+            self.warm = True
+            if seconds < self.seconds:  # the first step warms up: time from the next one, unless steps are slow
+                self.done, self.start = (0.0, 0), (now, run.step)
+                return
+        if steps < self.steps and seconds < self.seconds:
+            return
+        self.said, self.start = True, None
+        tqdm.write(speed_line(run, steps / seconds, epoch_steps, now))
+
+
+def speed_line(run, rate, epoch_steps, now):
+    """How fast the run trains (steps per second), how long an epoch and the rest of the run will take."""
+    cfg = run.cfg
     left = (cfg.epochs - run.epoch - 1) * epoch_steps + epoch_steps - run.epoch_step
-    budget = (f"; --max_minutes {cfg.max_minutes:g} stops it after {duration(run.deadline - now)} more"
-              if now + left / rate > run.deadline else "")
-    tqdm.write(f"Speed: {rate:.2f} steps/s (batch {cfg.batch_size}, {cfg.n_frames} frames, {run.device.type}): an "
-               f"epoch of {epoch_steps} steps takes about {duration(epoch_steps / rate)}, the {left} steps left about "
-               f"{duration(left / rate)}, plus sampling and a checkpoint at each epoch's end{budget}.")
+    stop = "now" if run.deadline <= now else f"after {duration(run.deadline - now)} more"
+    budget = f"; --max_minutes {cfg.max_minutes:g} stops it {stop}" if now + left / rate > run.deadline else ""
+    speed = f"{rate:.2f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s per step"
+    return (f"Speed: {speed} (batch {cfg.batch_size}, {cfg.n_frames} frames, {run.device.type}): an epoch of "
+            f"{epoch_steps} step{'s' * (epoch_steps != 1)} takes about {duration(epoch_steps / rate)}, the {left} "
+            f"steps left about {duration(left / rate)}, plus sampling and a checkpoint at each epoch's end{budget}.")
 
 
 def duration(seconds):
-    """'40 s', '12 min' or '3.2 h'."""
-    return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.0f} min" if seconds < 6000 else \
+    """'0.4 s', '40 s', '12 min' or '3.2 h'."""
+    return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.0f} min" if seconds < 6000 else \
         f"{seconds / 3600:.1f} h"
 
 
@@ -2186,6 +2226,7 @@ def train_process(cfg, rank, world, device, ckpt, tb=None):
     cfg, watch = run.cfg, FiniteWatch(run)
     epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
     deadline = run.deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    run.pace = Pace()
     with stop_requests() as stop:
         for epoch in range(run.epoch + 1, cfg.epochs + 1):
             t0 = time.time()

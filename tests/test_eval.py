@@ -45,6 +45,17 @@ def test_frechet_distance_of_too_few_or_non_finite_clips_is_nan_not_a_crash():
     assert math.isfinite(tag.frechet_distance(a[:2], a))
 
 
+def test_gap_line_says_whose_the_gap_is():
+    real = {"accuracy": 1.0, "frechet": 2.0}
+    line = tag.gap_line({"accuracy": 0.8, "frechet": 12.0}, {"accuracy": 0.95, "frechet": 3.0}, real)
+    assert line == ("gap to real: 20.0 accuracy points, 5.0 of them the vocoder's; of the Frechet excess over the "
+                    "floor, 10% is the vocoder's, the rest the GAN's")
+    assert "within the vocoder's ceiling" in tag.gap_line({"accuracy": 0.8, "frechet": 3.0},
+                                                          {"accuracy": 0.9, "frechet": 4.0}, real)
+    assert "at the real floor" in tag.gap_line({"accuracy": 1.0, "frechet": 2.0}, {"accuracy": 1.0, "frechet": 2.0},
+                                               real)
+
+
 def test_level_normalisation_is_gain_invariant_and_keeps_silence_and_hiss():
     torch.manual_seed(0)
     clip = torch.randn(3, 80, 32).clamp(max=3) - 2  # peaks near +1 nat, as a peak-normalised clip's

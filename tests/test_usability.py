@@ -218,8 +218,26 @@ def test_the_run_says_how_long_it_will_take(tiny_dataset, tmp_path, capsys):
     tag.train(tiny_config(tiny_dataset, tmp_path / "run", epochs=3, epoch_steps=12))
     out = capsys.readouterr().out
     speed = re.search(r"Speed: ([\d.]+) steps/s \(batch 4, 16 frames, cpu\): an epoch of 12 steps takes about "
-                      r"(\d+) s, the (\d+) steps left about (\d+) s", out)
+                      r"([\d.]+) s, the (\d+) steps left about ([\d.]+) s", out)
     assert speed and float(speed[1]) > 0 and int(speed[3]) == 36 - 21  # 1 warm-up step and 20 timed ones
-    assert re.search(r"epoch 1/3  step 12  [\d.]+s  about \d+ s left", out)
+    assert re.search(r"epoch 1/3  step 12  [\d.]+s  about [\d.]+ s left", out)
     assert re.search(r"epoch 3/3  step 36  [\d.]+s  \{", out)  # nothing left to wait for
     assert out.count("Speed:") == 1
+
+
+def test_a_slow_first_step_is_estimated_at_once_and_epoch_end_work_is_not_a_step(capsys):
+    from types import SimpleNamespace
+    now = tag.time.time()
+    run = SimpleNamespace(device=tag.torch.device("cpu"), cfg=tag.Config(epochs=10, max_minutes=10), epoch=0,
+                          epoch_step=1, step=1, deadline=now + 600)
+    pace = tag.Pace()
+    pace.start = (now - 40, 0)  # the first step took 40 s: no need to wait for 20 more
+    pace.step(run, epoch_steps=4)
+    assert pace.said and capsys.readouterr().out.startswith(
+        "Speed: 40.0 s per step (batch 128, 512 frames, cpu): an epoch of 4 steps takes about 3 min, the 39 steps "
+        "left about 26 min, plus sampling and a checkpoint at each epoch's end; --max_minutes 10 stops it after 10 min")
+    pace = tag.Pace(steps=4)
+    pace.warm, pace.done, pace.start = True, (2.0, 3), (now - 1, 0)  # 3 steps in 2 s, then 1 step in 1 s
+    run.step = 1
+    pace.step(run, epoch_steps=100)
+    assert "Speed: 1.33 steps/s" in capsys.readouterr().out  # 4 steps in 3 s: the pause between is not counted
