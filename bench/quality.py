@@ -51,10 +51,11 @@ VARIANTS = {
 }
 
 
-def judge(data_root, out, device, n_frames):
+def judge(data_root, out, device, n_frames, vocoder="universal"):
     """The shared evaluator and its vocoder: the classifier, the floor and the ceiling depend on no variant's GAN."""
     cfg = tag.Config(base_path=os.path.join(data_root, "train"), eval_path=os.path.join(data_root, "test"),
-                     out_dir=out, device=device, scaling="affine", **{**PRESET, "n_frames": n_frames})
+                     out_dir=out, device=device, scaling="affine",
+                     **{**PRESET, "n_frames": n_frames, "vocoder": vocoder})
     device = tag.pick_device(device)
     vocoder = tag.load_vocoder(cfg, device)
     return tag.Evaluator(cfg, tag.MelClips(cfg, device), device, vocoder), vocoder
@@ -64,7 +65,8 @@ def run_config(args, name, seed, extra):
     """The training configuration of one variant and seed, budgeted by --minutes or by exactly --steps."""
     cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
                      out_dir=os.path.join(args.out, f"{name}-{seed}"),
-                     **{**PRESET, "n_frames": args.n_frames, "max_minutes": 0.0 if args.steps else args.minutes},
+                     **{**PRESET, "n_frames": args.n_frames, "vocoder": args.vocoder,
+                        "max_minutes": 0.0 if args.steps else args.minutes},
                      **{**RECIPE, **VARIANTS[name], **extra})
     if args.steps:  # exactly --steps: the last epoch may be shorter
         per_epoch = min(args.steps, PRESET["epoch_steps"])
@@ -94,6 +96,7 @@ def main():
     p.add_argument("--n_frames", type=int, default=PRESET["n_frames"], help="mel frames per clip (multiple of 16)")
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
     p.add_argument("--score_only", action="store_true", help="score the checkpoints already in --out, train nothing")
+    p.add_argument("--vocoder", default=PRESET["vocoder"], help='what the audio is heard through, e.g. "bigvgan"')
     p.add_argument("--device", default="auto")
     args = p.parse_args()
     if not os.path.isdir(os.path.join(args.data, "train")):
@@ -101,7 +104,7 @@ def main():
     extra = dict(kv.split("=") for kv in args.set.split(",") if kv)
     extra = {k: type(getattr(tag.Config, k))(v) if not isinstance(getattr(tag.Config, k), bool) else
              tag.str2bool(v) for k, v in extra.items()}
-    evaluator, vocoder = judge(args.data, args.out, args.device, args.n_frames)
+    evaluator, vocoder = judge(args.data, args.out, args.device, args.n_frames, args.vocoder)
     rows = {}
     for name in args.variants.split(","):
         for seed in map(int, args.seeds.split(",")):
@@ -130,7 +133,7 @@ def print_table(args, extra, rows, ev):
         if len(runs) > 1:
             print(spread_row(name, runs, ev))
     c, f = ev.ceiling, ev.floor
-    print(f"| *vocoder ceiling (test clips through HiFi-GAN)* | | | | {c['accuracy']:.3f} | {min(c['per_class']):.2f} | "
+    print(f"| *vocoder ceiling (test clips through {args.vocoder})* | | | | {c['accuracy']:.3f} | {min(c['per_class']):.2f} | "
           f"{c['inception_score']:.2f} | {c['frechet']:.2f} ({c['frechet'] / f['frechet']:.2f}x) | "
           f"{c['frechet_mel']:.2f} ({c['frechet_mel'] / f['frechet_mel']:.2f}x) | "
           f"{c['diversity']:.2f} ({c['diversity'] / f['diversity']:.2f}x) |")

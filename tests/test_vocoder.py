@@ -1,13 +1,15 @@
 """The HiFi-GAN vocoder: weight-norm folding, real pretrained fidelity, and the Griffin-Lim fallback."""
 import glob
+import json
 import os
+import re
 import warnings
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import FSDD, tag
+from conftest import FSDD, tag, tiny_config
 
 
 def test_fold_weight_norm_matches_torch():
@@ -108,3 +110,65 @@ def test_griffin_lim_recovers_a_tone():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert tag.load_vocoder(tag.Config(vocoder="griffinlim"), torch.device("cpu")) is None  # chosen: no warning
+
+
+# A BigVGAN small enough for a CPU test, built by NVIDIA's own package code with random weights; the mel is the
+# script's. The real model (nvidia/bigvgan_v2_22khz_80band_fmax8k_256x) needs a download, which tests never make.
+TINY_BIGVGAN = dict(resblock="1", num_mels=80, upsample_rates=[4, 4, 4, 4], upsample_kernel_sizes=[8, 8, 8, 8],
+                    upsample_initial_channel=32, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3, 5]],
+                    activation="snakebeta", snake_logscale=True, use_tanh_at_final=False, use_bias_at_final=False,
+                    sampling_rate=22050, n_fft=1024, hop_size=256, win_size=1024, fmin=0, fmax=8000)
+
+
+def bigvgan_folder(tmp_path, **changes):
+    """A folder laid out as BigVGAN.from_pretrained expects: config.json and bigvgan_generator.pt (weight norm on)."""
+    bigvgan = pytest.importorskip("bigvgan", reason="NVIDIA's bigvgan package is not installed "
+                                                     "(pip install --no-deps bigvgan)")
+    pytest.importorskip("huggingface_hub", reason="huggingface_hub is not installed")
+    h = {**TINY_BIGVGAN, **changes}
+    folder = tmp_path / "bigvgan"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(h))
+    torch.manual_seed(0)
+    torch.save({"generator": bigvgan.BigVGAN(bigvgan.env.AttrDict(h)).state_dict()}, folder / "bigvgan_generator.pt")
+    return str(folder)
+
+
+def test_bigvgan_is_loaded_folded_and_vocodes_in_chunks(tmp_path):
+    cfg = tag.Config(vocoder=f"bigvgan:{bigvgan_folder(tmp_path)}", vocoder_batch=2)
+    tag.check_config(cfg)
+    before = torch.get_rng_state()
+    vocoder = tag.load_vocoder(cfg, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)  # its random init did not shift training's stream
+    assert isinstance(vocoder, tag.BigVGANVocoder) and not vocoder.training
+    assert not [k for k in vocoder.state_dict() if k.endswith(("weight_g", "weight_v"))]  # weight norm folded
+    logmel = torch.randn(5, 80, 16) - 4
+    wav = tag.vocode(logmel, vocoder, cfg)  # chunks of 2, the last padded with silence and its padding dropped
+    assert wav.shape == (5, 16 * 256) and wav.abs().max() <= 1
+    assert torch.allclose(wav[4], tag.vocode(logmel[4:], vocoder, cfg)[0], atol=1e-5)  # alone = in its chunk
+    assert tag.vocoder_key(vocoder) != tag.vocoder_key(None)  # the evaluator's ceiling is cached per vocoder
+
+
+def test_bigvgan_refuses_a_foreign_mel_a_missing_package_and_no_connection_in_one_line(tmp_path, monkeypatch):
+    folder = bigvgan_folder(tmp_path, num_mels=100, fmax=12000)
+    with pytest.raises(SystemExit, match=r"trained on another mel \(num_mels 100, not 80; fmax 12000, not 8000.0\)"):
+        tag.load_vocoder(tag.Config(vocoder=f"bigvgan:{folder}"), torch.device("cpu"))
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, without waiting
+    with pytest.raises(SystemExit, match="downloaded once, which needs a connection; they are then kept in") as e:
+        tag.load_vocoder(tag.Config(vocoder="bigvgan"), torch.device("cpu"))
+    assert tag.BIGVGAN_MODEL in str(e.value) and "\n" not in str(e.value)
+    real_find_spec = tag.importlib.util.find_spec
+    monkeypatch.setattr(tag.importlib.util, "find_spec", lambda m: None if m == "bigvgan" else real_find_spec(m))
+    with pytest.raises(SystemExit, match="vocoder=bigvgan needs bigvgan, not installed: pip install"):
+        tag.check_config(tag.Config(vocoder="bigvgan"))
+    with pytest.raises(SystemExit, match="pip install --no-deps bigvgan"):
+        tag.load_vocoder(tag.Config(vocoder="bigvgan"), torch.device("cpu"))
+
+
+def test_a_training_run_with_bigvgan_checks_it_at_the_start(tmp_path, tiny_dataset, capsys):
+    folder = bigvgan_folder(tmp_path)
+    tag.train(tiny_config(tiny_dataset, tmp_path / "run", vocoder=f"bigvgan:{folder}"))
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("Vocoder check:")][0]
+    assert re.search(r"through Griffin-Lim \(which fits magnitudes, not phase\), \d+\.\d\d through BigVGAN", line)
+    assert (tmp_path / "run" / "gan_generated_audio" / "epoch_001" / "high_0.wav").exists()
