@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import pickle
 import re
 import signal
 import sys
@@ -76,13 +77,14 @@ class Config:
     arch: str = arg("conv1d", 'generator: "conv1d" (mel bins as channels, convs over time), "conv2d" (upsample + 3x3 '
                     'conv) or "seed" (the original design: ConvTranspose2d, log1p, concat critic, plain training)',
                     choices=("conv2d", "conv1d", "seed"))
-    latent_dim: int = arg(100, "size of the noise vector z")
-    embed_dim: int = arg(50, "size of the generator's label embedding")
-    g_channels: int = arg(64, "generator width c: conv1d 8c, 8c, 4c, 4c, 4c channels; conv2d 8c ... c/2; seed 8c ... c")
+    latent_dim: int = arg(100, "size of the noise vector z", min=1)
+    embed_dim: int = arg(50, "size of the generator's label embedding", min=1)
+    g_channels: int = arg(64, "generator width c: conv1d 8c, 8c, 4c, 4c, 4c channels; conv2d 8c ... c/2; seed 8c ... c",
+                          min=1)
     g_cond: str = arg("cbn", 'how the generator sees the label: "cbn" (class-conditional BatchNorm gains and biases, '
                       'BigGAN, plus the embedding beside z) or "concat" (the embedding beside z only)',
                       choices=("cbn", "concat"))
-    d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels")
+    d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels", min=1)
     critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)',
                            choices=("concat", "projection"))
     mbstd: bool = arg(False, "minibatch standard deviation feature in the critic (ProGAN), against mode collapse")
@@ -102,7 +104,7 @@ class Config:
     lr: float = arg(2e-4, "Adam learning rate, both networks", above=0, below=math.inf)
     beta1: float = arg(0.5, "Adam beta1", min=0, below=1)
     beta2: float = arg(0.999, "Adam beta2", min=0, below=1)
-    seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise")
+    seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise", min=0, below=2 ** 63)
     deterministic: bool = arg(False, "use deterministic algorithms (slower on GPU)")
     device: str = arg("auto", '"auto" (cuda if available), "cuda", "cuda:1" or "cpu"')
     amp: str = arg("auto", '"auto" (bf16 on GPUs of compute capability 8.0+, fp16 on older ones; off on CPU), "bf16", '
@@ -226,6 +228,9 @@ def check_config(cfg):
     elif cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
         problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "bigvgan", "griffinlim" nor '
                         f'a file')
+    if cfg.eval_path and not os.path.isdir(cfg.eval_path):  # said now, not after the training mels are built
+        problems.append(f"eval_path={cfg.eval_path!r} is not a folder: pass one with the same class folders as "
+                        f"base_path, or leave it empty to hold out every 10th training clip")
     if cfg.tensorboard and not tensorboard_available():
         problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
                         "pip install tensorboard")
@@ -257,6 +262,8 @@ def range_problems(cfg):
     problems = []
     if cfg.win_length > cfg.n_fft:
         problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
+    if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
+        problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
     if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
         problems.append(f"fmin={cfg.fmin:g}, fmax={cfg.fmax:g} must satisfy 0 <= fmin < fmax <= sample_rate/2 "
                         f"= {cfg.sample_rate / 2:g}")
@@ -301,6 +308,13 @@ def save_cache(obj, path, what):
             torch.save(obj, tmp)
     except OSError as e:
         print(f"Could not write the {what} {path} ({e.strerror}); continuing without it")
+
+
+def load_error(e):
+    """Why torch.load(weights_only=True) refused a file, in one line; never torch's advice to unpickle it anyway."""
+    if isinstance(e, pickle.UnpicklingError):
+        return "it holds Python objects, which this script never unpickles: only tensors and plain data are read"
+    return one_line(e)
 
 
 def one_line(e):
@@ -1010,7 +1024,7 @@ def load_vocoder(cfg, device):
                 model = HiFiGAN(h, h["num_mels"])
             model.load_state_dict(fold_weight_norm(torch.load(path, map_location="cpu", weights_only=True)["generator"]))
         except Exception as e:  # a corrupt or foreign file must not end the run: say so and fall back
-            model, why = None, f"{path} is not a loadable HiFi-GAN generator ({type(e).__name__}: {e})"
+            model, why = None, f"{path} is not a loadable HiFi-GAN generator ({load_error(e)})"
         if model is not None:
             mine = (cfg.n_mels, cfg.hop_length, cfg.sample_rate)
             if mine == (h["num_mels"], h["hop_size"], h["sampling_rate"]):
@@ -1219,10 +1233,17 @@ def read_rows(path):
         return []
 
 
+def number(row, key):
+    """A CSV cell as a float; NaN when it is missing or not a number (a hand-edited or damaged file)."""
+    try:
+        return float(row.get(key) or "nan")
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def write_eval(rows, out_dir):
     """Evaluation rows (one per epoch) as out_dir/eval_metrics.csv and out_dir/gan_eval_plot.png."""
     write_csv(os.path.join(out_dir, "eval_metrics.csv"), rows, rows[-1])
-    number = lambda row, key: float(row.get(key) or "nan")
     plot_curves([int(r["epoch"]) for r in rows], {m: [number(r, m) for r in rows] for m in EVAL_METRICS},
                 os.path.join(out_dir, "gan_eval_plot.png"), "epoch",
                 {label: {m: number(rows[-1], prefix + m) for m in EVAL_METRICS}
@@ -1344,11 +1365,14 @@ def load_checkpoint(path, cfg=None):
     """A checkpoint (weights_only: it is untrusted input), checked against this run's settings (check_classes: its
     classes, once the data is read)."""
     if not os.path.isfile(path):
+        if cfg is not None:  # --resume: train mode reads the checkpoint of --out_dir, never --checkpoint
+            raise SystemExit(f"No checkpoint at {path!r} to resume: pass the --out_dir of the run to continue, or "
+                             f"leave out --resume to start a new run there.")
         raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SystemExit(f"{path} is not a readable checkpoint of this script ({one_line(e)}).") from None
+        raise SystemExit(f"{path} is not a readable checkpoint of this script ({load_error(e)}).") from None
     missing = missing_keys(ckpt)
     if missing:
         raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
@@ -1739,7 +1763,8 @@ class Evaluator:
                **rounded(self.floor, "real_"), **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes,
                                                                                                m["per_class"])}}
         path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
-        rows = [r for r in read_rows(path) if (r.get("epoch") or "").isdigit() and int(r["epoch"]) != epoch] + [row]
+        rows = [r for r in read_rows(path) if r.get("epoch") != str(epoch) and re.fullmatch(r"[0-9]+", r.get("epoch")
+                                                                                             or "")] + [row]
         write_eval(rows, self.cfg.out_dir)  # the columns of this row: an older version's extra ones are left out
         return m
 

@@ -1,6 +1,9 @@
 """Bad input, bad configuration, interruptions and numerical failure never crash a run or lose work."""
+import argparse
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -553,3 +556,60 @@ def test_names_with_newlines_keep_skip_reports_on_one_line(tmp_path, capsys):
     skips = [line for line in lines if line.startswith("Skipping")]
     assert len(skips) == 1 and "bad\\nname.wav" in skips[0] and "unreadable" in skips[0], lines
     assert "2 classes, 4 clips: a (2), 'b\\nc' (2)" in lines
+
+
+def test_sizes_seeds_and_frames_out_of_bounds_are_refused_before_any_work():
+    for flag, value, says in (("latent_dim", -1, "latent_dim=-1 must be at least 1"),
+                              ("g_channels", 0, "g_channels=0 must be at least 1"),
+                              ("d_channels", -1, "d_channels=-1 must be at least 1"),
+                              ("embed_dim", 0, "embed_dim=0 must be at least 1"),
+                              ("seed", 2 ** 64, "seed=18446744073709551616 must be in [0, 9223372036854775808)"),
+                              ("hop_length", 2048, "hop_length=2048 must not exceed win_length=1024")):
+        with pytest.raises(SystemExit, match=re.escape(says)):
+            tag.check_config(tag.Config(**{flag: value}))
+
+
+def test_a_missing_eval_path_is_refused_up_front_and_resume_names_out_dir(tmp_path):
+    with pytest.raises(SystemExit, match="eval_path='nowhere' is not a folder"):
+        tag.check_config(tag.Config(eval_path="nowhere"))
+    with pytest.raises(SystemExit) as e:
+        tag.load_checkpoint(str(tmp_path / "checkpoint.pt"), tag.Config(resume=True))
+    assert "--out_dir of the run to continue" in str(e.value) and "--checkpoint" not in str(e.value)
+
+
+def test_a_pickled_vocoder_or_checkpoint_is_refused_in_one_line_without_weights_only_advice(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"generator": argparse.Namespace(x=1)}, evil)  # a Python object: a weights-only load refuses it
+    with pytest.warns(UserWarning) as record:
+        assert tag.load_vocoder(tag.Config(vocoder=str(evil)), torch.device("cpu")) is None
+    message = str(record[0].message)
+    assert "\n" not in message and "weights_only" not in message and "never unpickles" in message
+    with pytest.raises(SystemExit) as e:
+        tag.load_checkpoint(str(evil))
+    assert "weights_only" not in str(e.value) and "never unpickles" in str(e.value)
+
+
+def test_a_damaged_eval_metrics_csv_is_read_tolerantly(tmp_path, easy_tones):
+    cfg = tiny_config(easy_tones, tmp_path / "out", eval_steps=5, eval_samples=2)
+    ev = tag.Evaluator(cfg, tag.MelClips(cfg, torch.device("cpu")), torch.device("cpu"), None)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    with open(os.path.join(cfg.out_dir, "eval_metrics.csv"), "w", encoding="utf-8") as f:  # edited by hand, damaged
+        f.write("epoch,accuracy,real_accuracy\n1,abc,0.9\n\u00b2,0.5,0.9\n2,0.7,x\n")
+    generator, _ = tag.build_models(cfg, 3)
+    ev.evaluate(generator, ev_scale(cfg), None, 3)  # no ValueError: unreadable cells are NaN, odd epochs dropped
+    rows = tag.read_rows(os.path.join(cfg.out_dir, "eval_metrics.csv"))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and (tmp_path / "out" / "gan_eval_plot.png").exists()
+    assert math.isnan(tag.number(rows[0], "accuracy")) and tag.number(rows[1], "accuracy") == 0.7
+
+
+def ev_scale(cfg):
+    return tag.GanScale(cfg.scaling)
+
+
+@pytest.fixture
+def easy_tones(tmp_path):
+    root = tmp_path / "tones"
+    for i in range(6):
+        for name, freq in (("low", 200), ("mid", 800), ("high", 3000)):
+            write_tone(str(root / name / f"{i}.wav"), freq + 10 * i, seconds=0.3)
+    return str(root)
