@@ -1036,7 +1036,7 @@ def load_vocoder(cfg, device):
 
 # BigVGAN-v2 (NVIDIA, MIT) was trained on speech, music and environmental sound; this model of it uses exactly the
 # script's mel. It comes from NVIDIA's own package, whose declared requirements are heavy (pesq needs a compiler), so
-# README installs it without them: pip install huggingface_hub && pip install --no-deps bigvgan (plus librosa).
+# it is installed without them (BIGVGAN_INSTALL).
 BIGVGAN_MODEL = "nvidia/bigvgan_v2_22khz_80band_fmax8k_256x"
 BIGVGAN_INSTALL = "pip install huggingface_hub librosa && pip install --no-deps bigvgan"
 BIGVGAN_MEL = {"sampling_rate": "sample_rate", "n_fft": "n_fft", "hop_size": "hop_length", "win_size": "win_length",
@@ -1763,8 +1763,8 @@ class Evaluator:
                **rounded(self.floor, "real_"), **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes,
                                                                                                m["per_class"])}}
         path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
-        rows = [r for r in read_rows(path) if r.get("epoch") != str(epoch) and re.fullmatch(r"[0-9]+", r.get("epoch")
-                                                                                             or "")] + [row]
+        earlier = [r for r in read_rows(path) if re.fullmatch(r"[0-9]+", r.get("epoch") or "")]  # ASCII epochs only
+        rows = [r for r in earlier if int(r["epoch"]) != epoch] + [row]
         write_eval(rows, self.cfg.out_dir)  # the columns of this row: an older version's extra ones are left out
         return m
 
@@ -1792,7 +1792,8 @@ def gap_line(m, c, f):
     else:
         frechet = (f"of the Frechet excess over the floor, {vocoder_excess / excess:.0%} is the vocoder's, the rest "
                    f"the GAN's")
-    return f"gap to real: {points:.1f} accuracy points, {min(points, vocoder_points):.1f} of them the vocoder's; {frechet}"
+    return (f"gap to real: {points:.1f} accuracy points, {min(points, vocoder_points):.1f} of them the vocoder's; "
+            f"{frechet}")
 
 
 # ---------------------------------------------------------------- runtime: device, AMP, DDP, signals, out_dir lock
@@ -2307,7 +2308,8 @@ def end_epoch(run, watch, epoch, t0):
     if run.world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
         dist.barrier()
     last = {m: round(run.history[m][-1], 4) for m in METRICS} if run.history["step"] else {}
-    took, now = time.time() - t0, time.time()
+    now = time.time()
+    took = now - t0
     left = min((run.cfg.epochs - epoch) * took, max(0.0, run.deadline - now))  # at this epoch's pace, all included
     left = f"about {duration(left)} left  " if epoch < run.cfg.epochs else ""
     print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {took:.1f}s  {left}{last}")

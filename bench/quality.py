@@ -122,7 +122,7 @@ def print_table(args, extra, rows, ev):
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} minutes"
     print(f"\n{os.path.basename(os.path.normpath(args.data))}, {args.n_frames} frames, budget {budget} per run, "
           f"{tag.pick_device(args.device)}; N = {ev.floor['n']} clips in every set (generated, test through the "
-          f"vocoder, test, train), level-normalised; generated audio vocoded by HiFi-GAN ({PRESET['vocoder']}) and "
+          f"vocoder, test, train), level-normalised; generated audio vocoded by {args.vocoder} and "
           f"re-analysed; extra settings: {extra or 'none'}")
     print("| variant | seed | steps | train min | accuracy | worst class | IS | Frechet (x floor, x ceiling) | "
           "band Frechet (x floor) | diversity (x real) |")
@@ -133,8 +133,9 @@ def print_table(args, extra, rows, ev):
         if len(runs) > 1:
             print(spread_row(name, runs, ev))
     c, f = ev.ceiling, ev.floor
-    print(f"| *vocoder ceiling (test clips through {args.vocoder})* | | | | {c['accuracy']:.3f} | {min(c['per_class']):.2f} | "
-          f"{c['inception_score']:.2f} | {c['frechet']:.2f} ({c['frechet'] / f['frechet']:.2f}x) | "
+    print(f"| *vocoder ceiling (test clips through {args.vocoder})* | | | | {c['accuracy']:.3f} | "
+          f"{min(c['per_class']):.2f} | {c['inception_score']:.2f} | "
+          f"{c['frechet']:.2f} ({c['frechet'] / f['frechet']:.2f}x) | "
           f"{c['frechet_mel']:.2f} ({c['frechet_mel'] / f['frechet_mel']:.2f}x) | "
           f"{c['diversity']:.2f} ({c['diversity'] / f['diversity']:.2f}x) |")
     print(f"| *real test clips* | | | | {f['accuracy']:.3f} | {min(f['per_class']):.2f} | {f['inception_score']:.2f} | "
@@ -154,7 +155,8 @@ def plot_final(generator, scale, classes, cfg, title):
 
 
 def ratios(m, ev):
-    return (f"{m['frechet']:.2f} ({m['frechet'] / ev.floor['frechet']:.1f}x, {m['frechet'] / ev.ceiling['frechet']:.1f}x) | "
+    return (f"{m['frechet']:.2f} ({m['frechet'] / ev.floor['frechet']:.1f}x, "
+            f"{m['frechet'] / ev.ceiling['frechet']:.1f}x) | "
             f"{m['frechet_mel']:.2f} ({m['frechet_mel'] / ev.floor['frechet_mel']:.1f}x) | "
             f"{m['diversity']:.2f} ({m['diversity'] / ev.floor['diversity']:.2f}x)")
 

@@ -160,7 +160,8 @@ def test_eval_every_writes_metrics_with_ceiling_and_evaluate_mode(tones, tmp_pat
     assert (out / "gan_eval_plot.png").stat().st_size > 1000
     page = (out / "index.html").read_text()
     assert "vocoder ceiling" in page and "real floor" in page and "generated, epoch 2" in page
-    monkeypatch.setattr(tag.Evaluator, "train_classifier", lambda *a, **k: pytest.fail("the cached classifier must be reused"))
+    monkeypatch.setattr(tag.Evaluator, "train_classifier",
+                        lambda *a, **k: pytest.fail("the cached classifier must be reused"))
     m = tag.evaluate(tag.Config(mode="evaluate", out_dir=str(out), eval_samples=4, eval_steps=50,
                                 vocoder="griffinlim", device="cpu"))
     assert 0 <= m["accuracy"] <= 1 and len(m["per_class"]) == 3 and m["n"] == 12
