@@ -17,11 +17,13 @@ import hashlib
 import html
 import importlib.util
 import io
+import itertools
 import json
 import math
 import os
 import pickle
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -119,6 +121,8 @@ class Config:
                        'another) or "griffinlim"')
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory", min=1)
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
+    overwrite: bool = arg(False, "start a new run in an out_dir that holds another run: its checkpoint, samples, "
+                          "plots, losses, metrics and gallery are deleted first")
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit", min=0)
     tensorboard: bool = arg(False, "also log losses, evaluation metrics, spectrogram grids and samples to "
                             "out_dir/tensorboard (needs pip install tensorboard)")
@@ -178,6 +182,11 @@ def str2bool(s):
 
 def parse_config(argv=None, config=Config):
     """Config from the command line; unknown arguments (a notebook kernel's -f ...) are ignored."""
+    return parse_flags(argv, config)[0]
+
+
+def parse_flags(argv=None, config=Config):
+    """(Config from the command line, the names of the fields its flags set)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     for f in dataclasses.fields(config):
         kind = str2bool if f.type in (bool, "bool") else type(f.default)
@@ -190,8 +199,8 @@ def parse_config(argv=None, config=Config):
     typos = [a for a in unknown if a.startswith("--")]
     if typos and not (argv is None and "ipykernel" in sys.modules):  # a kernel's own argv is not ours to judge
         parser.error(f"unknown flag(s) {' '.join(typos)}; see --help")
-    cfg = config(**{k: v for k, v in vars(args).items() if v is not None})
-    return apply_presets(cfg, {k for k, v in vars(args).items() if v is not None})
+    given = {k for k, v in vars(args).items() if v is not None}
+    return apply_presets(config(**{k: vars(args)[k] for k in given}), given), given
 
 
 def apply_presets(cfg, given):
@@ -215,14 +224,10 @@ def on_cpu(device):
 
 
 def check_config(cfg):
-    """Refuse settings the models or the pipeline cannot take, before any work."""
-    problems = []
-    for name in ("n_mels", "n_frames"):
-        if getattr(cfg, name) < 16 or getattr(cfg, name) % 16:
-            problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 times)")
-    problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
-    if cfg.batch_size == 1:
-        problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
+    """Refuse settings the models or the pipeline cannot take, or files that are not there, before any work."""
+    problems = config_problems(cfg)
+    if cfg.resume and cfg.overwrite:
+        problems.append("resume and overwrite contradict each other: continue the run in out_dir, or start over")
     if cfg.vocoder.split(":")[0] == "bigvgan":
         problems += bigvgan_problems()
     elif cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
@@ -234,9 +239,22 @@ def check_config(cfg):
     if cfg.tensorboard and not tensorboard_available():
         problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
                         "pip install tensorboard")
-    problems += range_problems(cfg) + device_problems(cfg.device)
+    problems += device_problems(cfg.device)
     if problems:
         raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
+
+
+def config_problems(cfg):
+    """Settings the models or the pipeline cannot take, one line each: what check_config and checkpoints refuse."""
+    problems = []
+    for name in ("n_mels", "n_frames"):
+        if getattr(cfg, name) < 16 or getattr(cfg, name) % 16:
+            problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 "
+                            f"times)")
+    problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
+    if cfg.batch_size == 1:
+        problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
+    return problems + range_problems(cfg)
 
 
 def field_problems(f, value):
@@ -283,11 +301,14 @@ def device_problems(name):
 
 # ---------------------------------------------------------------- files: atomic writes, one-line errors
 
+TMP_MARK = ".tfq-partial"  # atomic's temporary files end in this and a pid; no other program names files so
+
+
 @contextlib.contextmanager
 def atomic(path):
     """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
     Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         yield tmp
@@ -431,6 +452,18 @@ class GanScale:
 
 # ---------------------------------------------------------------- data: discovery, demo data, cached mels
 
+MAX_NAME = 200  # bytes in a class name: it heads file names ("<class>_0.wav" and atomic's temporary names) of 255
+
+
+def name_problem(name):
+    """Why name cannot be a class (one file-name component of every sample's path), or "" if it can."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in ("/", "\0", os.sep)):
+        return "is not a single folder name"  # "../x" or "/tmp/x" from a crafted checkpoint would write outside out_dir
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        return f"is longer than {MAX_NAME} bytes, too long for the sample file names; rename it"
+    return ""
+
+
 def discover(base_path, out_dir=None):
     """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped.
     An out_dir inside base_path is not read: its samples are not a class, nor more audio of one."""
@@ -446,9 +479,12 @@ def discover(base_path, out_dir=None):
             raise SystemExit(f"--out_dir {out_dir!r} is the dataset folder itself; its output folders would be read as "
                              f"classes. Pass another --out_dir, e.g. outside {base_path!r}.")
         print(f"Not read as data: --out_dir {out_dir!r} lies inside --base_path {base_path!r}")
-    classes = sorted(d for d in os.listdir(base_path) if not d.startswith(".")
-                     and os.path.isdir(os.path.join(base_path, d))
-                     and os.path.realpath(os.path.join(base_path, d)) != out_real)
+    classes = [d for d in sorted(os.listdir(base_path)) if not d.startswith(".") and os.path.isdir(
+        os.path.join(base_path, d)) and os.path.realpath(os.path.join(base_path, d)) != out_real
+        and not class_link_problem(os.path.join(base_path, d), real)]
+    too_long = [f"{d[:40]!r}... {name_problem(d)}" for d in classes if name_problem(d)]
+    if too_long:
+        raise SystemExit(f"Class folder {too_long[0]} (base_path {base_path!r}).")
     # Links are followed, but never into a folder walked already, the root or above it: a loop would repeat every
     # file (under the wrong class) or never end. The real paths of the root, its ancestors and the classes start it.
     seen_dirs, seen_files, loops, repeats = set(), set(), [], 0
@@ -480,6 +516,21 @@ def discover(base_path, out_dir=None):
         print(f"Not followed: {len(loops)} folder(s) reached again through a link or leading back into or above the "
               f"dataset ({shown or 'none'}), and {repeats} linked audio file(s) already listed under another path")
     return classes, files, skipped
+
+
+def class_link_problem(folder, root):
+    """Why a class folder that is a link must not be read (one line printed), or "": a link to the dataset's root
+    (real path root) or above it would read the whole tree, or the file system, as one class; one into the dataset
+    reads another class's files again."""
+    if not os.path.islink(folder):
+        return ""
+    real = os.path.realpath(folder)
+    if os.path.commonpath([real, root]) in (real, root):
+        why = "the dataset itself or a folder above it" if os.path.commonpath([real, root]) == real else \
+            "another folder of the dataset"
+        print(f"Not a class: {folder!r} links to {real!r}, {why}")
+        return why
+    return ""
 
 
 def walk_once(folder, seen, loops, skip=None):
@@ -1170,12 +1221,17 @@ def plot_mels(logmels, row_names, path, cfg, title):
             im = axes[r, c].imshow(db[r, c].numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20,
                                    extent=(0, seconds, 0, cfg.n_mels))
             axes[r, c].label_outer()
-        axes[r, 0].set_ylabel(f"{row_names[r]}\nmel bin", fontsize=9)
+        axes[r, 0].set_ylabel(f"{plain(row_names[r])}\nmel bin", fontsize=9)
     for c in range(cols):
         axes[-1, c].set_xlabel("time (s)")
     fig.colorbar(im, ax=axes, label="dB", shrink=min(1.0, 4 / rows))
-    fig.suptitle(title)
+    fig.suptitle(plain(title))
     save_figure(fig, path)
+
+
+def plain(text):
+    """text shown as written by matplotlib, which reads a pair of $ as maths: a class "x$_$y" would fail the plot."""
+    return text.replace("$", r"\$")
 
 
 def write_thumbnails(logmels, names, folder):
@@ -1373,10 +1429,10 @@ def load_checkpoint(path, cfg=None):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise SystemExit(f"{path} is not a readable checkpoint of this script ({load_error(e)}).") from None
-    missing = missing_keys(ckpt)
-    if missing:
-        raise SystemExit(f"{path} is not a checkpoint of this version of the script: it lacks {', '.join(missing)}. "
-                         f"Train afresh, or use the version that wrote it.")
+    problems = checkpoint_problems(ckpt)
+    if problems:
+        raise SystemExit(f"{path} is not a checkpoint of this version of the script, or is damaged: "
+                         f"{'; '.join(problems)}. Train afresh, or use the version that wrote it.")
     if cfg is not None:
         diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
                 if ckpt["config"].get(k) != getattr(cfg, k)]
@@ -1385,18 +1441,54 @@ def load_checkpoint(path, cfg=None):
     return ckpt
 
 
-def missing_keys(ckpt):
-    """What a checkpoint of this version has and ckpt lacks: an older version's, or some other weights-only file."""
+CHECKPOINT_TYPES = dict(config=dict, gan_scale=dict, history=dict, generator=dict, generator_ema=dict, critic=dict,
+                        opt_g=dict, opt_c=dict, scalers=list, classes=list, epoch=int, epoch_step=int, step=int,
+                        fixed_noise=torch.Tensor, running=torch.Tensor, rng_cpu=torch.Tensor, rng_cuda=torch.Tensor)
+
+
+def checkpoint_problems(ckpt):
+    """What ckpt lacks, or holds in another type or shape, that a checkpoint of this version has: an older version's,
+    some other weights-only file, or a damaged or crafted one. Checked before any of it is used."""
     if not isinstance(ckpt, dict):
-        return [f"everything (it holds a {type(ckpt).__name__}, not a dict)"]
+        return [f"it holds a {type(ckpt).__name__}, not a dict"]
+    config, scale, fields = ckpt.get("config"), ckpt.get("gan_scale"), {f.name: f for f in dataclasses.fields(Config)}
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    config, scale = ckpt.get("config"), ckpt.get("gan_scale")
     missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
     missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
-    missing += [f"{k} as a dict" for k in ("config", "gan_scale", "history", "generator", "critic")
-                if k in ckpt and not isinstance(ckpt[k], dict)]
-    missing += [f"{k} as a number" for k in ("epoch", "epoch_step", "step") if k in ckpt and type(ckpt[k]) is not int]
-    return missing
+    problems = [f"it lacks {', '.join(missing)}"] * bool(missing)
+    problems += [f"{k} is not a {t.__name__}" for k, t in CHECKPOINT_TYPES.items() if k in ckpt
+                 and not (type(ckpt[k]) is int and ckpt[k] >= 0 if t is int else isinstance(ckpt[k], t))]
+    problems += [f"config.{k} is a {type(v).__name__}, not a {fields[k].type}" for k, v in (config or {}).items()
+                 if k in fields and not of_type(v, type(fields[k].default))] if isinstance(config, dict) else []
+    if problems:
+        return problems
+    saved = dataclasses.replace(Config(), **{k: v for k, v in config.items() if k in fields})
+    problems += [f"config: {p}" for p in config_problems(saved)]
+    classes, history, scale = ckpt["classes"], ckpt["history"], ckpt["gan_scale"]
+    problems += [f"class {c!r} {name_problem(c)}" for c in classes if name_problem(c)]
+    problems += ["classes repeat a name"] * (len(set(map(str, classes))) != len(classes))
+    lengths = {len(history[k]) if isinstance(history.get(k), list) and all(map(is_number, history[k])) else -1
+               for k in ("step", "epoch") + METRICS}
+    problems += ["history is not lists of numbers of one length"] * (len(lengths) != 1 or -1 in lengths)
+    problems += [f"fixed_noise is not (samples, latent_dim {saved.latent_dim})"] * (
+        ckpt["fixed_noise"].dim() != 2 or ckpt["fixed_noise"].shape[1] != saved.latent_dim)
+    problems += [f"running is not ({len(METRICS)},)"] * (ckpt["running"].shape != (len(METRICS),))
+    problems += ["rng_cpu is not a byte tensor"] * (ckpt["rng_cpu"].dtype != torch.uint8)
+    problems += ["scalers is not two dicts"] * (len(ckpt["scalers"]) != 2 or not all(
+        isinstance(x, dict) for x in ckpt["scalers"]))
+    if scale.get("kind") not in fields["scaling"].metadata["choices"] or (scale["kind"] == "per_bin" and not all(
+            isinstance(scale.get(k), torch.Tensor) and scale[k].shape == (saved.n_mels, 1) for k in ("mean", "std"))):
+        problems.append(f"gan_scale is not one of {saved.scaling!r} for {saved.n_mels} mels")
+    return problems
+
+
+def of_type(value, kind):
+    """Whether a value read from a checkpoint can stand for a Config field of type kind (an int stands for a float)."""
+    return type(value) is kind or (kind is float and type(value) is int)
+
+
+def is_number(x):
+    return type(x) in (int, float)
 
 
 def check_classes(ckpt, classes, path):
@@ -1968,6 +2060,12 @@ def stop_requests():
             signal.signal(s, h)
 
 
+def unwritable(out_dir, e):
+    """The one-line exit for an out_dir that cannot be written (e: the OSError)."""
+    return SystemExit(f"Cannot write to out_dir {out_dir!r} ({e.strerror or e}); pass --out_dir with a writable "
+                      f"folder.")
+
+
 def check_writable(out_dir):
     """Fail before any work if out_dir cannot be written; clear temp files a killed run left behind."""
     try:
@@ -1976,12 +2074,13 @@ def check_writable(out_dir):
             f.write("ok")
         os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
-        raise SystemExit(f"Cannot write to out_dir {out_dir!r} ({e.strerror or e}); pass --out_dir with a writable "
-                         f"folder.") from None
+        raise unwritable(out_dir, e) from None
     for folder in (out_dir, os.path.join(out_dir, "mel_cache")):
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            if ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit():
-                os.remove(os.path.join(folder, name))
+            path = os.path.join(folder, name)  # only atomic's own names, and only files: never a user's, never a folder
+            if TMP_MARK in name and name.rsplit(TMP_MARK, 1)[1].isdigit() and os.path.isfile(path) \
+                    and not os.path.islink(path):
+                os.remove(path)
 
 
 @contextlib.contextmanager
@@ -1989,12 +2088,15 @@ def claim_out_dir(out_dir):
     """Hold out_dir for this training run alone (an advisory lock on out_dir/.lock, which holds the pid); a second
     run is refused, as two would interleave their checkpoints and samples. The OS drops the lock when the process
     ends, even by kill -9, so it never goes stale. Without fcntl (Windows) runs are not kept apart."""
+    lock = os.path.join(out_dir, ".lock")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        fd = os.open(os.path.join(out_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        if os.path.islink(lock) or os.path.isdir(lock):  # a link's target would get the pid; O_NOFOLLOW guards too
+            raise SystemExit(f"{lock!r} is a {'link' if os.path.islink(lock) else 'folder'}, not the lock file this "
+                             f"script writes; remove it if no run is training there, or pass another --out_dir.")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as e:
-        raise SystemExit(f"Cannot write to out_dir {out_dir!r} ({e.strerror or e}); pass --out_dir with a writable "
-                         f"folder.") from None
+        raise unwritable(out_dir, e) from None
     try:
         if fcntl is not None:
             try:
@@ -2088,7 +2190,7 @@ def build_run(cfg, rank, world, device, ckpt):
     run = Run(cfg, rank, world, device, data, evaluator, generator, critic,
               copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,  # for samples
               opt_g, opt_c, scaler_g, scaler_c, dtype, vocoder,
-              fixed_noise, sample_labels, os.path.join(cfg.out_dir, "checkpoint.pt"),
+              fixed_noise, sample_labels, checkpoint_at(cfg.out_dir),
               running=torch.zeros(len(METRICS), device=device))  # summed on the device; read once per log_every
     data.place(device)  # now that the models, optimisers and vocoder hold their memory
     print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
@@ -2356,8 +2458,9 @@ def run_complete(cfg, ckpt, path):
             "config": cfg, "interrupted": False, "complete": True}
 
 
-def train(cfg):
-    """Train and write every output; returns a dict with the models, the loss history, the classes and paths."""
+def train(cfg, given=None):
+    """Train and write every output; returns a dict with the models, the loss history, the classes and paths. given:
+    the fields set on the command line (parse_flags); a resumed run keeps its own values of the others."""
     check_config(cfg)
     rank, world, device = setup_distributed(cfg)
     try:
@@ -2365,12 +2468,15 @@ def train(cfg):
             stack.enter_context(process_state(cfg, device))
             if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            ckpt_path = os.path.join(cfg.out_dir, "checkpoint.pt")
-            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else None
+            ckpt_path = checkpoint_at(cfg.out_dir)
+            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else refuse_other_run(cfg, ckpt_path)
+            cfg = keep_recipe(cfg, ckpt, given)
             if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
                 result = run_complete(cfg, ckpt, ckpt_path)
             else:
                 with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
+                    if rank == 0 and cfg.overwrite:
+                        clear_run(cfg.out_dir)
                     with tensorboard_writer(cfg, ckpt, rank) as tb:
                         result = train_process(cfg, rank, world, device, ckpt, tb)
                 print(where_to_look(cfg))
@@ -2381,6 +2487,59 @@ def train(cfg):
     finally:
         if world > 1:
             dist.destroy_process_group()
+
+
+def checkpoint_at(out_dir):
+    """The checkpoint of the training run in out_dir."""
+    return os.path.join(out_dir, "checkpoint.pt")
+
+
+RUN_OUTPUTS = ("checkpoint.pt", "gan_generated_audio", "gan_spectrogram_plots", "gan_loss_plot.png", "losses.csv",
+               "eval_metrics.csv", "gan_eval_plot.png", "index.html", "tensorboard")  # not mel_cache, demo_data: caches
+
+
+def refuse_other_run(cfg, path):
+    """None, for a new run; refuse to start one over another run's checkpoint (a rerun notebook cell would replace
+    hours of training) unless --overwrite says so."""
+    if cfg.overwrite or not os.path.exists(path):
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        what = f"a run that has trained {ckpt['epoch']} of {ckpt['config']['epochs']} epochs"
+    except Exception:  # damaged or foreign: it is still not this script's to replace unasked
+        what = "a checkpoint.pt"
+    raise SystemExit(f"{cfg.out_dir!r} holds {what}. Pass --resume to continue it, another --out_dir to start a new "
+                     f"run beside it, or --overwrite to delete its outputs and start over.")
+
+
+def clear_run(out_dir):
+    """Delete an earlier run's outputs (RUN_OUTPUTS) from out_dir, and say so: --overwrite asked for it."""
+    gone = [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
+    for name in gone:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:  # a file, or a link (never the folder it points at)
+            os.remove(path)
+    if gone:
+        print(f"--overwrite: deleted the earlier run's {', '.join(gone)} in {out_dir!r}")
+
+
+RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "beta1", "beta2", "aux_weight",
+               "augment", "ema", "seed")
+
+
+def keep_recipe(cfg, ckpt, given):
+    """cfg for a resumed run: the recipe fields (RECIPE_KEYS) no flag set (given) keep the checkpoint's values, said
+    in one line; given None (train() called from Python) counts every field as set."""
+    if ckpt is None or given is None:
+        return cfg
+    kept = {k: ckpt["config"][k] for k in RECIPE_KEYS if k not in given and k in ckpt["config"]
+            and ckpt["config"][k] != getattr(cfg, k)}
+    if kept:
+        print(f"Kept the run's own {', '.join(f'{k} {v}' for k, v in kept.items())} (no flag set them here; pass "
+              f"--{next(iter(kept))} ... to change one)")
+    return dataclasses.replace(cfg, **kept)
 
 
 def where_to_look(cfg):
@@ -2398,7 +2557,7 @@ def load_generator(cfg):
     """(generator, checkpoint, cfg with the checkpoint's model sizes, its GanScale, device): generate and evaluate."""
     check_config(cfg)
     device = pick_device(cfg.device)
-    path = cfg.checkpoint or os.path.join(cfg.out_dir, "checkpoint.pt")
+    path = cfg.checkpoint or checkpoint_at(cfg.out_dir)
     ckpt = load_checkpoint(path)
     saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
     generator, _ = build_models(saved, len(ckpt["classes"]))
@@ -2415,12 +2574,17 @@ def generate(cfg):
         raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
     chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
     noise, labels = (t.to(device) for t in seeded_noise(chosen, cfg.n_generate, saved.latent_dim, cfg.seed))
-    wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", "generated")
-    plot = os.path.join(cfg.out_dir, "gan_spectrogram_plots", "generated.png")
+    # Each generate run gets folders of its own (generated, generated_2, ...): its files are never mixed with, nor
+    # replace, an earlier run's.
+    name = next(n for n in (f"generated{f'_{i}' * (i > 1)}" for i in itertools.count(1))
+                if not os.path.lexists(os.path.join(cfg.out_dir, "gan_generated_audio", n)))
+    wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", name)
+    plot = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"{name}.png")
     with process_state(saved, device):  # autotuning and TF32 (sm80+) as in training, put back afterwards
         write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(),
                       load_vocoder(saved, device), saved, wav_dir, plot, f"Generated (epoch {ckpt['epoch']})")
-    print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to {plot}")
+    print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to {plot}"
+          + (" (earlier generate runs' files are in the folders beside it)" if name != "generated" else ""))
     return wav_dir
 
 
@@ -2453,19 +2617,24 @@ def refresh_gallery(cfg, ckpt):
 
 def after_failure(cfg):
     """What to do after a failed read or write: --resume only in training, and only with a checkpoint to resume."""
-    path = os.path.join(cfg.out_dir, "checkpoint.pt")
+    path = checkpoint_at(cfg.out_dir)
     if cfg.mode == "train" and os.path.isfile(path):
         return f"Files are replaced only once complete, so {path} is intact; fix the cause and rerun with --resume."
     return "Fix the cause and run again."
 
 
 def main(argv=None):
-    cfg = parse_config(argv)
+    cfg, given = parse_flags(argv)
     try:
-        return {"generate": generate, "evaluate": evaluate}.get(cfg.mode, train)(cfg)
+        return generate(cfg) if cfg.mode == "generate" else evaluate(cfg) if cfg.mode == "evaluate" else \
+            train(cfg, given)
     except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
         raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. "
                          f"{after_failure(cfg)}") from None
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (reading audio, building caches): no traceback
+        resume = cfg.mode == "train" and os.path.isfile(checkpoint_at(cfg.out_dir))
+        print(f"Interrupted; no file is left half-written.{' Rerun with --resume to go on.' * resume}", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def end_to_end(args, device, data, out):
             raise RuntimeError(f"train_audio_gan.py {' '.join(extra) or 'train'} exited {run.returncode}:\n"
                                f"{run.stderr[-2000:]}")
     missing = [p for p in expected_outputs() if not os.path.isfile(os.path.join(out, p))]
-    leftovers = [os.path.join(r, n) for r, _, names in os.walk(out) for n in names if ".tmp" in n]
+    leftovers = [os.path.join(r, n) for r, _, names in os.walk(out) for n in names if tag.TMP_MARK in n]
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True) if not missing else {}
     if missing or leftovers or ckpt.get("epoch") != 1:
         raise RuntimeError(f"missing {missing}, temporary files {leftovers}, checkpoint epoch {ckpt.get('epoch')}")

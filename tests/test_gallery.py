@@ -57,7 +57,7 @@ def test_gallery_links_every_output_newest_epoch_first(tiny_dataset, tmp_path):
     for key, value in (("batch_size", "4"), ("vocoder", "griffinlim"), ("base_path", tiny_dataset)):
         assert key in text and value in text
     assert "Evaluation" not in text  # no eval_metrics.csv: no section
-    assert not [p for p in out.rglob("*.tmp*")]
+    assert not [p for p in out.rglob(f"*{tag.TMP_MARK}*")]
 
     with open(out / "eval_metrics.csv", "w", newline="") as f:  # as a later evaluation will write it: any columns
         csv.writer(f).writerows([["epoch", "fad", "class_acc"], [1, 12.5, 0.4], [2, 9.25, 0.61]])

@@ -207,7 +207,7 @@ import train_audio_gan as tag
 save, writes = torch.save, []
 def slow_save(obj, f, *a, **k):
     save(obj, f, *a, **k)
-    if "checkpoint.pt.tmp" in str(f):
+    if "checkpoint.pt" + tag.TMP_MARK in str(f):
         writes.append(f)
         if len(writes) == 2:
             time.sleep(60)  # the temp file is written but not yet moved into place: killed here
@@ -222,7 +222,8 @@ def test_kill_9_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, tiny
     proc = subprocess.Popen([sys.executable, "-c", code, *cli(tiny_dataset, out, "--epoch_steps", "5")[2:]],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     def second_write_paused():  # both at once only inside the second write: os.replace is atomic
-        return (out / "checkpoint.pt").exists() and any(n.startswith("checkpoint.pt.tmp") for n in os.listdir(out))
+        partial = "checkpoint.pt" + tag.TMP_MARK
+        return (out / "checkpoint.pt").exists() and any(n.startswith(partial) for n in os.listdir(out))
 
     t0 = time.time()
     while not (out.exists() and second_write_paused()):
@@ -230,13 +231,13 @@ def test_kill_9_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, tiny
         time.sleep(0.05)
     proc.kill()
     proc.wait()
-    assert [n for n in os.listdir(out) if n.startswith("checkpoint.pt.tmp")], "killed during the write"
+    assert [n for n in os.listdir(out) if n.startswith("checkpoint.pt" + tag.TMP_MARK)], "killed during the write"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the previous one, intact
     done = subprocess.run(cli(tiny_dataset, out, "--epoch_steps", "5", "--resume"), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    assert not [n for n in os.listdir(out) if ".tmp" in n]  # the stale temp file is cleared
+    assert not [n for n in os.listdir(out) if tag.TMP_MARK in n]  # the stale temp file is cleared
 
 
 # ---- properties over arbitrary inputs
@@ -350,7 +351,7 @@ def test_failed_write_is_one_line_and_advises_resume_only_with_a_checkpoint(tmp_
         tag.main(args + ["--epochs", "2", "--resume"])
     assert "\n" not in str(second.value)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the previous one, intact
-    assert not [p for p in out.rglob("*.tmp*")]
+    assert not [p for p in out.rglob(f"*{tag.TMP_MARK}*")]
     monkeypatch.setattr(tag.sf, "write", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("System error.")))
     with pytest.raises(SystemExit, match=r"high_0\.wav") as generating:  # generate mode: nothing to resume
         tag.main(["--mode", "generate", "--out_dir", str(out), "--vocoder", "griffinlim", "--device", "cpu"])

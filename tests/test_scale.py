@@ -116,7 +116,7 @@ def test_ddp_two_processes_stay_in_sync_and_write_once(tiny_dataset, tmp_path):
     assert stdout.count("epoch 2/2  step 8") == 1  # rank 0 alone prints...
     assert open(out / "losses.csv").read().count("\n") == 1 + 4  # ...and writes: 8 steps / log_every 2, no duplicates
     assert sorted(os.listdir(out / "gan_generated_audio")) == ["epoch_001", "epoch_002"]
-    assert not [p for p in out.rglob("*.tmp*")]
+    assert not [p for p in out.rglob(f"*{tag.TMP_MARK}*")]
     # A DDP checkpoint resumes in a single process, and a single-process checkpoint resumes under DDP.
     single = tag.train(tag.parse_config(flags + ["--epochs", "3", "--resume"]))
     assert single["history"]["step"][-1] == 12

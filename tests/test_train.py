@@ -36,7 +36,7 @@ def test_one_epoch_writes_every_output(tiny_dataset, tmp_path):
     assert {"generator", "critic", "opt_g", "opt_c", "config", "rng_cpu", "history", "fixed_noise"} <= set(ckpt)
     assert ckpt["gan_scale"] == {"kind": "affine", "mean": None, "std": None}  # the map generate mode inverts
     assert ckpt["opt_c"]["state"], "optimiser state must be saved, not just parameters"
-    assert not [p for p in out.rglob("*.tmp*")], "no temporary files left behind"
+    assert not [p for p in out.rglob(f"*{tag.TMP_MARK}*")], "no temporary files left behind"
 
 
 def test_fixed_noise_is_the_same_every_epoch(tiny_dataset, tmp_path, monkeypatch):
