@@ -71,7 +71,8 @@ class Config:
     n_mels: int = arg(80, "mel bands (divisible by 16)")
     fmin: float = arg(0.0, "lowest mel frequency (Hz)")
     fmax: float = arg(8000.0, "highest mel frequency (Hz)")
-    n_frames: int = arg(512, "mel frames per training example (divisible by 16); 512 frames = 5.94 s")
+    n_frames: int = arg(0, "mel frames per training example (divisible by 16; 64 frames = 0.74 s); 0 = auto: the 95th "
+                        "percentile of the clips' lengths, rounded up to a multiple of 16, in [32, 512]", min=0)
     scaling: str = arg("affine", 'GAN-side mel scaling: "affine" (log-mel to [-1,1]), "per_bin" (each mel bin to zero '
                        'mean, 3 std = 1; SpecGAN) or "log1p" (original)',
                        choices=("per_bin", "affine", "log1p"))
@@ -87,6 +88,9 @@ class Config:
                       'BigGAN, plus the embedding beside z) or "concat" (the embedding beside z only)',
                       choices=("cbn", "concat"))
     d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels", min=1)
+    critic_arch: str = arg("conv2d", 'critic: "conv2d" (4x4 kernels over mel bins and frames), "conv1d" (mel bins as '
+                           'channels, convs over time: each filter sees the whole spectrum) or "both" (scores added)',
+                           choices=("conv2d", "conv1d", "both"))
     critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)',
                            choices=("concat", "projection"))
     mbstd: bool = arg(False, "minibatch standard deviation feature in the critic (ProGAN), against mode collapse")
@@ -145,10 +149,10 @@ class Config:
 # On a CPU the defaults above are a GPU's: one step of batch 128 at widths 64 and 512 frames takes tens of seconds and
 # ~6 GiB there. A run on the CPU takes the sizes that measured best per CPU-minute (bench/RESULTS.md, "Audio quality")
 # for every size that no flag and no edited default sets.
-CPU_PRESET = dict(n_frames=(512, 64), batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16))
+CPU_PRESET = dict(batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16))
 # The synthetic demo, on any device, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"): the CPU
 # sizes and 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
-DEMO_PRESET = dict(**CPU_PRESET, epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
+DEMO_PRESET = dict(**CPU_PRESET, n_frames=(0, 64), epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
 # --arch seed is the original design, trained plainly, kept for comparison; it wins over the demo preset (lr).
 SEED_PRESET = dict(scaling=("affine", "log1p"), critic_cond=("projection", "concat"), g_cond=("cbn", "concat"),
                    mbstd=(False, False), aux_weight=(0.0, 0.0), augment=(False, False), gp_every=(1, 1),
@@ -157,7 +161,8 @@ PRESETS = (("cpu", CPU_PRESET), ("demo", DEMO_PRESET), ("seed", SEED_PRESET))  #
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
 ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
-                        "critic_cond", "mbstd")
+                        "critic_cond", "mbstd", "critic_arch")
+ARCH_SINCE = {"critic_arch": "conv2d"}  # keys added later: a checkpoint without one was trained with this value
 AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
@@ -248,7 +253,7 @@ def config_problems(cfg):
     """Settings the models or the pipeline cannot take, one line each: what check_config and checkpoints refuse."""
     problems = []
     for name in ("n_mels", "n_frames"):
-        if getattr(cfg, name) < 16 or getattr(cfg, name) % 16:
+        if (getattr(cfg, name) < 16 or getattr(cfg, name) % 16) and (name, getattr(cfg, name)) != ("n_frames", 0):
             problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 "
                             f"times)")
     problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
@@ -610,11 +615,11 @@ class MelClips:
         self.frames, self.offsets, self.lengths_d, self.labels_d = frames.half(), offsets, self.lengths, self.labels
         self.shard = torch.arange(len(self.labels))  # under DDP each rank keeps every world-th clip
         silence = self.scale.to_gan(torch.full((cfg.n_mels, 1), LOG_FLOOR))
-        self.n_frames, self.floor = cfg.n_frames, silence.clamp(min=-1).view(-1, 1, 1)  # (n_mels, 1, 1)
+        self.n_frames, self.floor = cfg.n_frames or auto_frames(self.lengths, cfg), silence.clamp(min=-1).view(-1, 1, 1)
         self.device = torch.device("cpu")
         median = int(self.lengths.median()) if len(self.lengths) else 0
-        if median < cfg.n_frames // 2:
-            print(f"Note: the median clip has {median} frames but n_frames={cfg.n_frames}: most of every example is "
+        if median < self.n_frames // 2:
+            print(f"Note: the median clip has {median} frames but n_frames={self.n_frames}: most of every example is "
                   f"silence. A smaller --n_frames (a multiple of 16) trains faster and better.")
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
@@ -680,6 +685,16 @@ class MelClips:
     def logmels(self, idx):
         """Clips idx as HiFi-GAN log-mel (B, n_mels, n_frames), one random crop each."""
         return self.scale.from_gan(self.crops(idx)[0]).squeeze(1)
+
+
+def auto_frames(lengths, cfg):
+    """n_frames from the data (--n_frames 0): the 95th percentile of the clips' lengths (frames), rounded up to a
+    multiple of 16, in [32, 512]. Long enough for 95 % of clips whole, without training mostly on silence."""
+    p95 = float(lengths.float().quantile(0.95)) if len(lengths) else 64.0
+    n = min(512, max(32, 16 * math.ceil(p95 / 16)))
+    print(f"n_frames {n} ({n * cfg.hop_length / cfg.sample_rate:.2f} s), from the data: 95 % of its clips have at most "
+          f"{p95:.0f} frames; --n_frames sets another size")
+    return n
 
 
 def read_mel_cache(path, key, n_classes):
@@ -811,27 +826,37 @@ def minibatch_std(h, group=4):
 
 
 class Critic(nn.Module):
-    """(mel, label) -> 4 strided Conv2d + LeakyReLU -> (score (B,), class logits (B, n_classes)).
+    """(mel, label) -> 4 strided convs + LeakyReLU -> (score (B,), class logits (B, n_classes)).
 
-    The label enters as a learned per-class plane beside the mel ("concat"), or as an inner product with the pooled
-    features ("projection", Miyato & Koyama 2018). The class logits feed the auxiliary classifier loss (AC-GAN)."""
+    conv2d: 4x4 Conv2d, c, 2c, 4c, 8c channels, halving mel bins and frames. conv1d: mel bins are channels and convs
+    run over time, 4c, 4c, 8c, 8c channels, halving frames: every first-layer filter sees the whole spectrum, a
+    harmonic series at once, where a 4x4 kernel sees 4 bins. The label enters as a learned per-class plane beside the
+    mel ("concat"), or as an inner product with the pooled features ("projection", Miyato & Koyama 2018). The class
+    logits feed the auxiliary classifier loss (AC-GAN)."""
 
-    def __init__(self, n_classes, n_mels, n_frames, channels=64, conditioning="concat", mbstd=False):
+    def __init__(self, n_classes, n_mels, n_frames, channels=64, conditioning="concat", mbstd=False, arch="conv2d"):
         super().__init__()
         self.mel_shape, self.projection, self.mbstd = (n_mels, n_frames), conditioning == "projection", mbstd
-        layers, c_in = [], 1 if self.projection else 2
-        for c_out in (channels, channels * 2, channels * 4, channels * 8):
-            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm: it breaks the GP
+        self.arch, c = arch, channels
+        widths, conv = ((c, 2 * c, 4 * c, 8 * c), nn.Conv2d) if arch == "conv2d" else ((4 * c, 4 * c, 8 * c, 8 * c),
+                                                                                       nn.Conv1d)
+        layers, c_in = [], (1 if arch == "conv2d" else n_mels) * (1 if self.projection else 2)
+        for c_out in widths:
+            layers += [conv(c_in, c_out, 4, 2, 1), nn.LeakyReLU(0.2)]  # no BatchNorm: it breaks the GP
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear((c_in + mbstd) * (n_mels // 16) * (n_frames // 16), 1)
+        self.fc = nn.Linear((c_in + mbstd) * (n_mels // 16 if arch == "conv2d" else 1) * (n_frames // 16), 1)
         self.embed = nn.Embedding(n_classes, c_in if self.projection else n_mels * n_frames)
         self.classify = nn.Linear(c_in, n_classes)
 
     def forward(self, mel, labels):
         if not self.projection:
             mel = torch.cat([mel, self.embed(labels).view(-1, 1, *self.mel_shape)], 1)
-        h = self.features(mel)  # (B, 8 * channels, n_mels / 16, n_frames / 16)
+        if self.arch == "conv1d":
+            mel = mel.flatten(1, 2)  # (B, n_mels or 2 n_mels, n_frames)
+        h = self.features(mel)  # conv2d: (B, 8c, n_mels / 16, n_frames / 16); conv1d: (B, 8c, n_frames / 16)
+        if self.arch == "conv1d":
+            h = h.unsqueeze(2)  # (B, 8c, 1, n_frames / 16): pooled and scored as the 2-D stack's
         score = self.fc((minibatch_std(h) if self.mbstd else h).flatten(1)).squeeze(1)
         pooled = h.sum((2, 3))
         if self.projection:
@@ -839,10 +864,24 @@ class Critic(nn.Module):
         return score, self.classify(pooled / h[0, 0].numel())
 
 
+class CriticPair(nn.Module):
+    """A conv2d and a conv1d Critic whose scores (and class logits) add: local time-frequency detail and whole
+    spectra judged at once, as multi-scale discriminators add theirs (MelGAN, HiFi-GAN)."""
+
+    def __init__(self, *args):
+        super().__init__()
+        self.critics = nn.ModuleList(Critic(*args, arch=arch) for arch in ("conv2d", "conv1d"))
+
+    def forward(self, mel, labels):
+        (s2, c2), (s1, c1) = (critic(mel, labels) for critic in self.critics)
+        return s2 + s1, c2 + c1
+
+
 def build_models(cfg, n_classes):
     generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
                           cfg.arch, cfg.g_cond, "relu" if cfg.scaling == "log1p" else "tanh")
-    return generator, Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
+    args = (n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
+    return generator, CriticPair(*args) if cfg.critic_arch == "both" else Critic(*args, arch=cfg.critic_arch)
 
 
 @torch.no_grad()
@@ -1423,7 +1462,9 @@ def load_checkpoint(path, cfg=None):
     if not os.path.isfile(path):
         if cfg is not None:  # --resume: train mode reads the checkpoint of --out_dir, never --checkpoint
             raise SystemExit(f"No checkpoint at {path!r} to resume: pass the --out_dir of the run to continue, or "
-                             f"leave out --resume to start a new run there.")
+                             f"leave out --resume to start a new run there" + (
+                                 " (--checkpoint is read only in generate and evaluate modes)." if cfg.checkpoint
+                                 else "."))
         raise SystemExit(f"No checkpoint at {path!r}; train first or pass --checkpoint PATH.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -1433,9 +1474,10 @@ def load_checkpoint(path, cfg=None):
     if problems:
         raise SystemExit(f"{path} is not a checkpoint of this version of the script, or is damaged: "
                          f"{'; '.join(problems)}. Train afresh, or use the version that wrote it.")
+    ckpt["config"] = {**ARCH_SINCE, **ckpt["config"]}
     if cfg is not None:
         diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
-                if ckpt["config"].get(k) != getattr(cfg, k)]
+                if ckpt["config"].get(k) != getattr(cfg, k) and (k, getattr(cfg, k)) != ("n_frames", 0)]  # 0: auto
         if diff:
             raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
     return ckpt
@@ -1453,7 +1495,8 @@ def checkpoint_problems(ckpt):
         return [f"it holds a {type(ckpt).__name__}, not a dict"]
     config, scale, fields = ckpt.get("config"), ckpt.get("gan_scale"), {f.name: f for f in dataclasses.fields(Config)}
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config]
+    missing += [f"config.{k}" for k in ARCH_KEYS + ("base_path",) if isinstance(config, dict) and k not in config
+                and k not in ARCH_SINCE]
     missing += [f"gan_scale.{k}" for k in ("kind", "mean", "std") if isinstance(scale, dict) and k not in scale]
     problems = [f"it lacks {', '.join(missing)}"] * bool(missing)
     problems += [f"{k} is not a {t.__name__}" for k, t in CHECKPOINT_TYPES.items() if k in ckpt
@@ -1463,7 +1506,7 @@ def checkpoint_problems(ckpt):
     if problems:
         return problems
     saved = dataclasses.replace(Config(), **{k: v for k, v in config.items() if k in fields})
-    problems += [f"config: {p}" for p in config_problems(saved)]
+    problems += [f"config: {p}" for p in config_problems(saved)] + ["config: n_frames=0"] * (saved.n_frames == 0)
     classes, history, scale = ckpt["classes"], ckpt["history"], ckpt["gan_scale"]
     problems += [f"class {c!r} {name_problem(c)}" for c in classes if name_problem(c)]
     problems += ["classes repeat a name"] * (len(set(map(str, classes))) != len(classes))
@@ -2162,6 +2205,7 @@ def prepare_data(cfg, rank, world, device, ckpt):
         scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
         vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
         data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
+        cfg = dataclasses.replace(cfg, n_frames=data.n_frames)  # n_frames 0 (auto) is now the data's size
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -2530,8 +2574,11 @@ RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every",
 
 
 def keep_recipe(cfg, ckpt, given):
-    """cfg for a resumed run: the recipe fields (RECIPE_KEYS) no flag set (given) keep the checkpoint's values, said
-    in one line; given None (train() called from Python) counts every field as set."""
+    """cfg for a resumed run: n_frames 0 (auto) is the size the run chose, and the recipe fields (RECIPE_KEYS) no
+    flag set (given) keep the checkpoint's values, said in one line; given None (train() called from Python) counts
+    every field as set."""
+    if ckpt is not None and not cfg.n_frames:  # auto: the size the run chose when it started
+        cfg = dataclasses.replace(cfg, n_frames=ckpt["config"]["n_frames"])
     if ckpt is None or given is None:
         return cfg
     kept = {k: ckpt["config"][k] for k in RECIPE_KEYS if k not in given and k in ckpt["config"]

@@ -32,7 +32,8 @@ FSDD = os.path.join(REPO, "..", "shared", "data", "fsdd")
 PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_per_class=1, log_every=25,
               vocoder="universal", eval_samples=0, epochs=1000, epoch_steps=250)
 # Every variant spells out what it compares, so the table keeps its meaning when the defaults change.
-RECIPE = dict(arch="conv1d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False, aux_weight=0.0,
+RECIPE = dict(arch="conv1d", critic_arch="conv2d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False,
+              aux_weight=0.0,
               augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, beta1=0.5, beta2=0.999)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
@@ -48,6 +49,12 @@ VARIANTS = {
     "lazy_gp4": dict(gp_every=4),
     "wgan_adam": dict(lr=1e-4, beta1=0.0, beta2=0.9),
     "n_critic2": dict(n_critic=2),
+    "critic1d": dict(critic_arch="conv1d"),  # mel bins as channels: each filter sees the whole spectrum
+    "critic1d_d32": dict(critic_arch="conv1d", d_channels=32),
+    "critic1d_b32": dict(critic_arch="conv1d", batch_size=32),
+    "d32": dict(d_channels=32),
+    "b32": dict(batch_size=32),
+    "critic_both": dict(critic_arch="both"),
 }
 
 
@@ -66,8 +73,7 @@ def run_config(args, name, seed, extra):
     cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
                      out_dir=os.path.join(args.out, f"{name}-{seed}"),
                      **{**PRESET, "n_frames": args.n_frames, "vocoder": args.vocoder,
-                        "max_minutes": 0.0 if args.steps else args.minutes},
-                     **{**RECIPE, **VARIANTS[name], **extra})
+                        "max_minutes": 0.0 if args.steps else args.minutes, **RECIPE, **VARIANTS[name], **extra})
     if args.steps:  # exactly --steps: the last epoch may be shorter
         per_epoch = min(args.steps, PRESET["epoch_steps"])
         cfg = dataclasses.replace(cfg, epoch_steps=per_epoch, epochs=-(-args.steps // per_epoch))

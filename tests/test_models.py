@@ -20,9 +20,20 @@ def test_shapes(n_mels, n_frames, arch):
     assert x.shape == (4, 1, n_mels, n_frames)
     for conditioning in ("concat", "projection"):
         for mbstd in (False, True):
-            c = tag.Critic(3, n_mels, n_frames, channels=4, conditioning=conditioning, mbstd=mbstd)
-            score, logits = c(x, labels)
-            assert score.shape == (4,) and logits.shape == (4, 3)
+            for critic_arch in ("conv2d", "conv1d", "both"):
+                cfg = tag.Config(n_mels=n_mels, n_frames=n_frames, d_channels=4, critic_cond=conditioning, mbstd=mbstd,
+                                 critic_arch=critic_arch)
+                score, logits = tag.build_models(cfg, 3)[1](x, labels)
+                assert score.shape == (4,) and logits.shape == (4, 3)
+
+
+def test_the_conv1d_critic_sees_the_whole_spectrum_in_its_first_layer():
+    critic = tag.Critic(3, 80, 64, channels=4, conditioning="projection", arch="conv1d")
+    first = critic.features[0]
+    assert isinstance(first, torch.nn.Conv1d) and first.in_channels == 80  # every filter spans all 80 mel bins
+    x = torch.zeros(2, 1, 80, 64, requires_grad=True)
+    critic(x, torch.tensor([0, 1]))[0].sum().backward()
+    assert (x.grad[0, 0, :, 32].abs() > 0).all()  # one frame's score gradient reaches every bin
 
 
 @pytest.mark.parametrize("arch", ARCHS)

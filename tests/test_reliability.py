@@ -576,6 +576,8 @@ def test_a_missing_eval_path_is_refused_up_front_and_resume_names_out_dir(tmp_pa
     with pytest.raises(SystemExit) as e:
         tag.load_checkpoint(str(tmp_path / "checkpoint.pt"), tag.Config(resume=True))
     assert "--out_dir of the run to continue" in str(e.value) and "--checkpoint" not in str(e.value)
+    with pytest.raises(SystemExit, match=r"--checkpoint is read only in generate and evaluate modes\)\.$"):
+        tag.load_checkpoint(str(tmp_path / "checkpoint.pt"), tag.Config(resume=True, checkpoint="elsewhere.pt"))
 
 
 def test_a_pickled_vocoder_or_checkpoint_is_refused_in_one_line_without_weights_only_advice(tmp_path):

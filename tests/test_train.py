@@ -117,7 +117,7 @@ def test_parse_config_flags_notebook_argv_and_booleans():
     assert cfg.base_path == "demo" and cfg.n_frames == tag.DEMO_PRESET["n_frames"][1]
     cfg = tag.parse_config(["--base_path", "data", "--resume", "false", "--lr", "1e-4", "--deterministic",
                             "--device", "cuda"])  # a GPU run: the GPU sizes
-    assert (cfg.resume, cfg.deterministic, cfg.lr, cfg.n_frames, cfg.batch_size) == (False, True, 1e-4, 512, 128)
+    assert (cfg.resume, cfg.deterministic, cfg.lr, cfg.n_frames, cfg.batch_size) == (False, True, 1e-4, 0, 128)
     assert tag.parse_config(["--resume", "true"]).resume is True
     cfg = tag.parse_config(["--n_frames", "128"])  # demo preset, but an explicit flag wins
     assert cfg.n_frames == 128 and cfg.batch_size == tag.DEMO_PRESET["batch_size"][1]

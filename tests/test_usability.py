@@ -8,6 +8,7 @@ import sys
 import warnings
 
 import pytest
+import torch
 
 from conftest import tag, tiny_config
 
@@ -186,13 +187,13 @@ def sizes(cfg):
 
 def test_a_cpu_run_takes_the_cpu_sizes_and_says_so_unless_a_flag_or_an_edit_sets_them(monkeypatch, capsys):
     monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: False)
-    assert sizes(tag.parse_config(["--base_path", "data"])) == CPU_SIZES == {"n_frames": 64, "batch_size": 16,
-                                                                             "g_channels": 32, "d_channels": 16}
+    assert sizes(tag.parse_config(["--base_path", "data"])) == CPU_SIZES == {"batch_size": 16, "g_channels": 32,
+                                                                             "d_channels": 16}
     line = capsys.readouterr().out.strip()
-    assert line.startswith("Running on the CPU: n_frames 64, batch_size 16, g_channels 32, d_channels 16")
-    assert line.endswith("pass --n_frames 512 --batch_size 128 --g_channels 64 --d_channels 64.")
+    assert line.startswith("Running on the CPU: batch_size 16, g_channels 32, d_channels 16")
+    assert line.endswith("pass --batch_size 128 --g_channels 64 --d_channels 64.")
     cfg = tag.parse_config(["--base_path", "data", "--batch_size", "32", "--n_frames", "128"])
-    assert sizes(cfg) == {**CPU_SIZES, "batch_size": 32, "n_frames": 128}  # a flag wins
+    assert sizes(cfg) == {**CPU_SIZES, "batch_size": 32} and cfg.n_frames == 128  # a flag wins
     line = capsys.readouterr().out.strip()  # names only the sizes it took
     assert line.startswith("Running on the CPU: g_channels 32, d_channels 16, ") and "batch_size" not in line
 
@@ -203,7 +204,8 @@ def test_a_cpu_run_takes_the_cpu_sizes_and_says_so_unless_a_flag_or_an_edit_sets
     assert tag.parse_config(["--base_path", "data"], config=Edited).batch_size == 64  # an edited default wins
     assert sizes(tag.parse_config(["--base_path", "data", "--device", "cpu"])) == CPU_SIZES
     capsys.readouterr()
-    assert sizes(tag.parse_config([])) == CPU_SIZES and "Running on the CPU" not in capsys.readouterr().out  # demo
+    cfg = tag.parse_config([])
+    assert sizes(cfg) == CPU_SIZES and cfg.n_frames == 64 and "Running on the CPU" not in capsys.readouterr().out
 
 
 def test_a_gpu_run_keeps_the_gpu_sizes(monkeypatch, capsys):
@@ -228,7 +230,7 @@ def test_the_run_says_how_long_it_will_take(tiny_dataset, tmp_path, capsys):
 def test_a_slow_first_step_is_estimated_at_once_and_epoch_end_work_is_not_a_step(capsys):
     from types import SimpleNamespace
     now = tag.time.time()
-    run = SimpleNamespace(device=tag.torch.device("cpu"), cfg=tag.Config(epochs=10, max_minutes=10), epoch=0,
+    run = SimpleNamespace(device=tag.torch.device("cpu"), cfg=tag.Config(epochs=10, max_minutes=10, n_frames=512), epoch=0,
                           epoch_step=1, step=1, deadline=now + 600)
     pace = tag.Pace()
     pace.start = (now - 40, 0)  # the first step took 40 s: no need to wait for 20 more
@@ -241,3 +243,24 @@ def test_a_slow_first_step_is_estimated_at_once_and_epoch_end_work_is_not_a_step
     run.step = 1
     pace.step(run, epoch_steps=100)
     assert "Speed: 1.33 steps/s" in capsys.readouterr().out  # 4 steps in 3 s: the pause between is not counted
+
+
+def test_n_frames_auto_is_the_95th_percentile_rounded_up_to_16_in_32_to_512():
+    cfg = tag.Config()
+    assert cfg.n_frames == 0  # auto is the shipped default
+    cases = (([57] * 20, 64), ([129] * 10, 144), ([5] * 10, 32), ([2000] * 3, 512), ([30] * 94 + [90] * 6, 96))
+    for lengths, frames in cases:
+        assert tag.auto_frames(torch.tensor(lengths), cfg) == frames, lengths
+
+
+def test_n_frames_auto_is_said_stored_and_kept_on_resume(tmp_path, tiny_dataset, capsys):
+    out = tmp_path / "run"
+    result = tag.train(tiny_config(tiny_dataset, out, n_frames=0))
+    said = capsys.readouterr().out
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["n_frames"] == 64 and result["config"].n_frames == 64  # the clips: 0.3-0.7 s
+    assert "n_frames 64 (0.74 s), from the data: 95 % of its clips have at most" in said
+    tag.train(tiny_config(tiny_dataset, out, n_frames=0, epochs=2, resume=True))  # auto again: the run's own size
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    with pytest.raises(SystemExit, match="n_frames: checkpoint 64, now 16"):  # an explicit size still has to match
+        tag.train(tiny_config(tiny_dataset, out, n_frames=16, epochs=3, resume=True))
