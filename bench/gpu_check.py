@@ -2,6 +2,7 @@
 
     python bench/gpu_check.py            # on any CUDA machine (Kaggle, Colab, a workstation): a few minutes
     python bench/gpu_check.py --quick    # tiny sizes: a smoke test of the check itself (the test suite runs it)
+    python bench/gpu_check.py --quality  # and the GPU quality figure: FSDD, GPU sizes, 10 minutes, evaluator v2
 
 It reports the device and the torch/CUDA versions; for each precision the card has (fp32; bf16 on compute capability
 8.0+; fp16) at the original size (80 mels x 512 frames, batch 128, widths 64): generator steps/s, critic samples/s,
@@ -203,6 +204,25 @@ def ddp_worker(args):
     tag.dist.destroy_process_group()
 
 
+GPU_SIZES = dict(batch_size=128, g_channels=64, d_channels=64)  # the script's shipped (GPU) sizes; n_frames from FSDD
+
+
+def quality(args, device):
+    """--quality: the default recipe at the GPU sizes on FSDD for --quality_minutes, scored by evaluator v2 (a
+    bench/quality.py run, whose table it prints). Needs FSDD's train/ and test/ folders at --data."""
+    if not os.path.isdir(os.path.join(args.data, "train")):
+        raise RuntimeError(f"no dataset at {os.path.normpath(args.data)}: pass --data with train/ and test/ folders")
+    sizes = ",".join(f"{k}={v}" for k, v in GPU_SIZES.items())
+    cmd = [sys.executable, os.path.join(REPO, "bench", "quality.py"), "--minutes", str(args.quality_minutes), "--seeds",
+           "42", "--data", args.data, "--device", str(device), "--set", sizes, "--out", args.quality_out]
+    print("$", " ".join(cmd[1:]), flush=True)
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    table = [line for line in run.stdout.splitlines() if line.startswith(("|", "fsdd", "default, seed"))]
+    print("\n".join(table))
+    if run.returncode:
+        raise RuntimeError(f"bench/quality.py exited {run.returncode}: {run.stderr.strip().splitlines()[-1:]}")
+
+
 def part(name, failures, fn, *a):
     """Run one part; a failure is reported, remembered and does not stop the other parts."""
     try:
@@ -219,6 +239,11 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="timed generator steps (default 20 on GPU, 2 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 on GPU, 1 on CPU)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--quality", action="store_true", help="also the quality run: FSDD at the GPU sizes, scored by "
+                   "evaluator v2 (--quality_minutes of training plus ~2 minutes of judging)")
+    p.add_argument("--quality_minutes", type=float, default=10.0)
+    p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "fsdd"), help="FSDD for --quality")
+    p.add_argument("--quality_out", default=os.path.join(REPO, "runs", "gpu_quality"))
     p.add_argument("--ddp_worker", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     device = tag.pick_device(args.device)
@@ -237,6 +262,8 @@ def main():
         part("end to end", failures, end_to_end, args, device, data, os.path.join(out, "run"))
         if figures:
             part("2-GPU torchrun", failures, ddp_scaling, args, device, data, out, figures)
+    if args.quality:
+        part("quality", failures, quality, args, device)
     if failures:
         print(f"result: FAILED ({', '.join(failures)})")
         sys.exit(1)
