@@ -5,6 +5,7 @@ and run it: `python train_audio_gan.py`. With base_path left at "demo" it builds
 trains a CPU-sized preset. Data flow: wav files -> HiFi-GAN log-mel (cached) -> GAN scaling -> WGAN-GP ->
 generated mels -> HiFi-GAN -> wav files, plots, losses, checkpoints.
 """
+
 import argparse
 import base64
 import contextlib
@@ -31,12 +32,10 @@ import time
 import urllib.parse
 import warnings
 from dataclasses import dataclass, field
-
 try:
     import fcntl  # advisory locks on out_dir; absent on Windows, where two runs are not kept apart
 except ImportError:
     fcntl = None
-
 import numpy as np
 import soundfile as sf
 import soxr
@@ -48,6 +47,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
+
+# ==================== Part I: the GAN. Config, the mel, the models, the WGAN-GP step and the loop
 
 # ---------------------------------------------------------------- configuration and command line
 
@@ -163,16 +164,12 @@ MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin"
 ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
                         "critic_cond", "mbstd", "critic_arch")
 ARCH_SINCE = {"critic_arch": "conv2d"}  # keys added later: a checkpoint without one was trained with this value
-AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+
+
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
 LOG_FLOOR = math.log(1e-5)  # HiFi-GAN clamps mel magnitudes at 1e-5 before the log: silence
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
-PLOT_COLS = 8  # samples per class in a grid plot: a 10 x 50 grid takes minutes to draw; every sample has a thumbnail
-EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
-# The vocoder check's mel L1 (bench/RESULTS.md, "Evaluator v2"): white noise for a clip, and HiFi-GAN V1 universal
-# on spoken digits (FSDD), which it carries transparently.
-NOISE_L1, SPEECH_L1 = 5.0, 0.25
 
 
 def str2bool(s):
@@ -228,152 +225,7 @@ def on_cpu(device):
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
-def check_config(cfg):
-    """Refuse settings the models or the pipeline cannot take, or files that are not there, before any work."""
-    problems = config_problems(cfg)
-    if cfg.resume and cfg.overwrite:
-        problems.append("resume and overwrite contradict each other: continue the run in out_dir, or start over")
-    if cfg.vocoder.split(":")[0] == "bigvgan":
-        problems += bigvgan_problems()
-    elif cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
-        problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "bigvgan", "griffinlim" nor '
-                        f'a file')
-    if cfg.eval_path and not os.path.isdir(cfg.eval_path):  # said now, not after the training mels are built
-        problems.append(f"eval_path={cfg.eval_path!r} is not a folder: pass one with the same class folders as "
-                        f"base_path, or leave it empty to hold out every 10th training clip")
-    if cfg.tensorboard and not tensorboard_available():
-        problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
-                        "pip install tensorboard")
-    problems += device_problems(cfg.device)
-    if problems:
-        raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
-
-
-def config_problems(cfg):
-    """Settings the models or the pipeline cannot take, one line each: what check_config and checkpoints refuse."""
-    problems = []
-    for name in ("n_mels", "n_frames"):
-        if (getattr(cfg, name) < 16 or getattr(cfg, name) % 16) and (name, getattr(cfg, name)) != ("n_frames", 0):
-            problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 "
-                            f"times)")
-    problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
-    if cfg.batch_size == 1:
-        problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
-    return problems + range_problems(cfg)
-
-
-def field_problems(f, value):
-    """[] if value is one of field f's choices and within its bounds (see arg), else the one line saying what it must
-    be. Comparisons are written so that NaN fails them."""
-    m = f.metadata
-    if m.get("choices") and value not in m["choices"]:
-        return [f"{f.name}={value!r} must be one of {', '.join(m['choices'])}"]
-    lo, above, below = m.get("min"), m.get("above"), m.get("below")
-    if (lo is None or value >= lo) and (above is None or value > above) and (below is None or value < below):
-        return []
-    if below is not None and below < math.inf:
-        rule = f"in [{lo}, {below})" if lo is not None else f"above {above} and below {below}"
-    else:
-        rule = (f"above {above}" if above is not None else "0 or more" if lo == 0 else f"at least {lo}")
-        rule = f"a finite number {rule}" if below == math.inf else rule
-    return [f"{f.name}={value} must be {rule}"]
-
-
-def range_problems(cfg):
-    """STFT and filterbank settings that do not fit together, which torch.stft would refuse later, or worse, a mel
-    filterbank of silence would train on."""
-    problems = []
-    if cfg.win_length > cfg.n_fft:
-        problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
-    if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
-        problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
-    if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
-        problems.append(f"fmin={cfg.fmin:g}, fmax={cfg.fmax:g} must satisfy 0 <= fmin < fmax <= sample_rate/2 "
-                        f"= {cfg.sample_rate / 2:g}")
-    return problems
-
-
-def device_problems(name):
-    """[] if --device names a device this machine has, else one line naming the devices it does have."""
-    n_cuda = torch.cuda.device_count()
-    mps = torch.backends.mps.is_available()
-    known = ["auto", "cpu"] + ["cuda"] * bool(n_cuda) + [f"cuda:{i}" for i in range(n_cuda)] + ["mps"] * mps
-    if name in known:
-        return []
-    cuda = f", cuda, cuda:0{f' ... cuda:{n_cuda - 1}' if n_cuda > 1 else ''}" if n_cuda else " (no CUDA device here)"
-    return [f"device={name!r} is not available; this machine has auto, cpu{cuda}{', mps' if mps else ''}"]
-
-
-# ---------------------------------------------------------------- files: atomic writes, one-line errors
-
-TMP_MARK = ".tfq-partial"  # atomic's temporary files end in this and a pid; no other program names files so
-
-
-@contextlib.contextmanager
-def atomic(path):
-    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
-    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
-    tmp = f"{path}{TMP_MARK}{os.getpid()}"
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-
-
-def save_cache(obj, path, what):
-    """torch.save(obj) to path, atomically; a cache that cannot be written is only a cache: one line, and go on."""
-    try:
-        with atomic(path) as tmp:
-            torch.save(obj, tmp)
-    except OSError as e:
-        print(f"Could not write the {what} {path} ({e.strerror}); continuing without it")
-
-
-def load_error(e):
-    """Why torch.load(weights_only=True) refused a file, in one line; never torch's advice to unpickle it anyway."""
-    if isinstance(e, pickle.UnpicklingError):
-        return "it holds Python objects, which this script never unpickles: only tensors and plain data are read"
-    return one_line(e)
-
-
-def one_line(e):
-    """An exception as one short line: torch's messages span many."""
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
-
-
-# ---------------------------------------------------------------- audio and the HiFi-GAN mel front end
-
-def load_audio(path, sample_rate):
-    """Mono float32 at sample_rate, peak-normalised to 0.95 as HiFi-GAN's training audio was; ValueError if unusable."""
-    try:
-        with sf.SoundFile(path) as f:
-            sr, promised = f.samplerate, f.frames
-            audio = f.read(dtype="float32", always_2d=True).mean(axis=1)  # (T, channels) -> (T,)
-    except (RuntimeError, OSError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
-        raise ValueError(f"unreadable ({str(e).strip() or type(e).__name__})") from None
-    # libsndfile returns a short or empty array for some truncated files without raising: check the length.
-    if audio.size == 0:
-        raise ValueError("no audio samples (empty, header-only or truncated file)")
-    if audio.size < promised:
-        raise ValueError(f"truncated: the header promises {promised} samples, only {audio.size} could be read")
-    if not np.isfinite(audio).all():
-        raise ValueError("contains NaN or inf samples")
-    if not audio.any():
-        raise ValueError("silent: every sample is zero")
-    if sr != sample_rate:
-        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
-        if audio.size == 0:
-            raise ValueError(f"too short: {promised} sample(s) at {sr} Hz is nothing at {sample_rate} Hz")
-    return audio * (0.95 / np.abs(audio).max())
-
+# ---------------------------------------------------------------- the HiFi-GAN mel and the GAN's scaling of it
 
 def mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax):
     """Slaney-style mel filterbank, equal to librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax). (n_mels, n_fft//2+1)"""
@@ -455,129 +307,7 @@ class GanScale:
         return cls(state["kind"], state["mean"], state["std"])
 
 
-# ---------------------------------------------------------------- data: discovery, demo data, cached mels
-
-MAX_NAME = 200  # bytes in a class name: it heads file names ("<class>_0.wav" and atomic's temporary names) of 255
-
-
-def name_problem(name):
-    """Why name cannot be a class (one file-name component of every sample's path), or "" if it can."""
-    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in ("/", "\0", os.sep)):
-        return "is not a single folder name"  # "../x" or "/tmp/x" from a crafted checkpoint would write outside out_dir
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
-        return f"is longer than {MAX_NAME} bytes, too long for the sample file names; rename it"
-    return ""
-
-
-def discover(base_path, out_dir=None):
-    """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped.
-    An out_dir inside base_path is not read: its samples are not a class, nor more audio of one."""
-    if os.path.exists(base_path) and not os.path.isdir(base_path):
-        raise SystemExit(f"--base_path {base_path!r} is a file, not a folder; pass the folder that holds one folder "
-                         f"per class (<base_path>/<class_name>/*.wav), or --base_path demo.")
-    if not os.path.isdir(base_path):
-        raise SystemExit(f"Dataset folder {base_path!r} does not exist. Expected one folder per class:\n"
-                         f"  {base_path}/<class_name>/**/*.wav (or .flac .ogg .mp3)\nor --base_path demo.")
-    real, out_real = os.path.realpath(base_path), out_dir and os.path.realpath(out_dir)
-    if out_real and os.path.commonpath([out_real, real]) == real:  # compared as real paths: links, "..", "./"
-        if out_real == real:
-            raise SystemExit(f"--out_dir {out_dir!r} is the dataset folder itself; its output folders would be read as "
-                             f"classes. Pass another --out_dir, e.g. outside {base_path!r}.")
-        print(f"Not read as data: --out_dir {out_dir!r} lies inside --base_path {base_path!r}")
-    classes = [d for d in sorted(os.listdir(base_path)) if not d.startswith(".") and os.path.isdir(
-        os.path.join(base_path, d)) and os.path.realpath(os.path.join(base_path, d)) != out_real
-        and not class_link_problem(os.path.join(base_path, d), real)]
-    too_long = [f"{d[:40]!r}... {name_problem(d)}" for d in classes if name_problem(d)]
-    if too_long:
-        raise SystemExit(f"Class folder {too_long[0]} (base_path {base_path!r}).")
-    # Links are followed, but never into a folder walked already, the root or above it: a loop would repeat every
-    # file (under the wrong class) or never end. The real paths of the root, its ancestors and the classes start it.
-    seen_dirs, seen_files, loops, repeats = set(), set(), [], 0
-    while real not in seen_dirs:
-        seen_dirs.add(real)
-        real = os.path.dirname(real)
-    seen_dirs.update(os.path.realpath(os.path.join(base_path, c)) for c in classes)
-    files, skipped, other = [], [], 0
-    for label, name in enumerate(classes):
-        for root, names in walk_once(os.path.join(base_path, name), seen_dirs, loops, skip=out_real):
-            for n in sorted(n for n in names if not n.startswith(".")):
-                path = os.path.join(root, n)
-                if not n.lower().endswith(AUDIO_EXTS):
-                    other += 1
-                elif os.path.realpath(path) in seen_files:  # a link to a file already listed: count it once
-                    repeats += 1
-                elif not os.path.isfile(path):  # follows links: a broken one is not a file
-                    skipped.append((path, "broken link or not a regular file"))
-                else:
-                    seen_files.add(os.path.realpath(path))
-                    files.append((path, label))
-    if len(classes) < 2:
-        raise SystemExit(f"{base_path!r} has {len(classes)} class folder(s); a conditional GAN needs at least 2. "
-                         f"Expected {base_path}/<class_name>/*.wav, one folder per class.")
-    if other:
-        print(f"Ignored {other} non-audio file(s) (only {' '.join(AUDIO_EXTS)} are read)")
-    if loops or repeats:
-        shown = ", ".join(map(repr, loops[:3])) + (", ..." if len(loops) > 3 else "")
-        print(f"Not followed: {len(loops)} folder(s) reached again through a link or leading back into or above the "
-              f"dataset ({shown or 'none'}), and {repeats} linked audio file(s) already listed under another path")
-    return classes, files, skipped
-
-
-def class_link_problem(folder, root):
-    """Why a class folder that is a link must not be read (one line printed), or "": a link to the dataset's root
-    (real path root) or above it would read the whole tree, or the file system, as one class; one into the dataset
-    reads another class's files again."""
-    if not os.path.islink(folder):
-        return ""
-    real = os.path.realpath(folder)
-    if os.path.commonpath([real, root]) in (real, root):
-        why = "the dataset itself or a folder above it" if os.path.commonpath([real, root]) == real else \
-            "another folder of the dataset"
-        print(f"Not a class: {folder!r} links to {real!r}, {why}")
-        return why
-    return ""
-
-
-def walk_once(folder, seen, loops, skip=None):
-    """(folder, file names) under folder, following links but into no folder whose real path is in seen (which grows);
-    the links left out are appended to loops. Hidden folders (.git, .ipynb_checkpoints, ...) and skip are not entered."""
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        keep = []
-        for d in sorted(d for d in dirs if not d.startswith(".")):
-            real = os.path.realpath(os.path.join(root, d))
-            if real == skip:
-                continue
-            if real in seen:
-                loops.append(os.path.join(root, d))
-            else:
-                seen.add(real)
-                keep.append(d)
-        dirs[:] = keep
-        yield root, names
-
-
-def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
-    """Write four classes of clearly different synthetic sounds as wav files (kept if already there)."""
-    rng = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * sample_rate)) / sample_rate
-    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=rng).item()
-    envelope = torch.clamp(t / 0.02, max=1) * torch.clamp((seconds - t) / 0.1, max=1)
-    sounds = {
-        "hum": lambda: sum(torch.sin(2 * math.pi * k * rand(90, 140) * t) / k for k in range(1, 6)),
-        "whistle": lambda: torch.sin(2 * math.pi * rand(1500, 2500) * t + 8 * torch.sin(2 * math.pi * rand(4, 7) * t)),
-        "chirp": lambda: torch.sin(2 * math.pi * torch.cumsum(torch.linspace(rand(200, 400), rand(3000, 5000),
-                                                                            len(t)), 0) / sample_rate),
-        "clicks": lambda: torch.randn(len(t), generator=rng) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
-    }
-    for name, make in sounds.items():
-        for i in range(clips_per_class):
-            path = os.path.join(root, name, f"{name}_{i:03d}.wav")
-            wav = make() * envelope  # draw even when the file exists, so every clip's sound is the same each run
-            if not os.path.exists(path):
-                with atomic(path) as tmp:
-                    sf.write(tmp, (0.5 * wav / wav.abs().max()).numpy(), sample_rate, format="WAV")
-    return root
-
+# ---------------------------------------------------------------- the clips as the loop sees them
 
 class MelClips:
     """Every clip's log-mel in one fp16 (n_mels, total_frames) tensor, on the device when it fits (place); batches are
@@ -695,37 +425,6 @@ def auto_frames(lengths, cfg):
     print(f"n_frames {n} ({n * cfg.hop_length / cfg.sample_rate:.2f} s), from the data: 95 % of its clips have at most "
           f"{p95:.0f} frames; --n_frames sets another size")
     return n
-
-
-def read_mel_cache(path, key, n_classes):
-    """The cached mels at path if they are this dataset's, else None. A cache is only a cache: one cut short by a full
-    disk or written in another shape (another version of the script) is rebuilt, with one line saying so."""
-    if not os.path.exists(path):
-        return None
-    try:
-        data = torch.load(path, weights_only=True)
-    except Exception as e:
-        print(f"Rebuilding unreadable mel cache {path} ({type(e).__name__})")
-        return None
-    if isinstance(data, dict) and isinstance(data.get("key"), str) and data["key"] != key:
-        return None  # stale: files or mel settings changed since; rebuilt as a matter of course
-    if not mel_cache_ok(data, n_classes):
-        print(f"Rebuilding malformed mel cache {path} (not the structure this script writes)")
-        return None
-    return data
-
-
-def mel_cache_ok(data, n_classes):
-    """Whether data is shaped as MelClips.build makes it, so that nothing later fails on it."""
-    try:
-        frames, lengths, labels, skipped = (data[k] for k in ("frames", "lengths", "labels", "skipped"))
-        return (frames.dim() == 2 and frames.is_floating_point() and lengths.dim() == 1
-                and lengths.shape == labels.shape and lengths.dtype == labels.dtype == torch.long
-                and bool((lengths > 0).all()) and int(lengths.sum()) == frames.shape[1]
-                and bool(((labels >= 0) & (labels < n_classes)).all())
-                and all(isinstance(p, str) and isinstance(why, str) for p, why in skipped))
-    except Exception:  # a missing key, a list for a tensor, a skip entry that is not a pair, ...
-        return False
 
 
 def random_crops(frames, offsets, lengths, n_frames, floor):
@@ -920,20 +619,6 @@ def standing_stats(generator, n_classes, latent_dim, batches=8, batch_size=64, s
         m.momentum = momentum
 
 
-def seeded_noise(class_ids, per_class, latent_dim, seed):
-    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids (one count, or a count per
-    class), from an RNG of their own seeded with seed, so the same seed gives the same noise in every epoch, run and
-    mode."""
-    labels = torch.tensor(list(class_ids)).repeat_interleave(torch.as_tensor(per_class))
-    return torch.randn(len(labels), latent_dim, generator=torch.Generator().manual_seed(seed)), labels
-
-
-def sample_logmels(generator, noise, labels, scale):
-    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
-    with training_mode(generator, False), torch.no_grad():
-        return scale.from_gan(generator(noise, labels)).squeeze(1)
-
-
 # ---------------------------------------------------------------- the WGAN-GP step: penalty, critic loss, step
 
 def augment(x, floor):
@@ -1019,7 +704,559 @@ def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
     return torch.stack([loss_c, loss_g, wdist, gp]).detach()
 
 
-# ---------------------------------------------------------------- vocoder: HiFi-GAN (jik876 V1/V2/V3), Griffin-Lim
+# ---------------------------------------------------------------- sampling and vocoding
+
+def seeded_noise(class_ids, per_class, latent_dim, seed):
+    """(noise (N, latent_dim), labels (N,)): per_class samples of each class in class_ids (one count, or a count per
+    class), from an RNG of their own seeded with seed, so the same seed gives the same noise in every epoch, run and
+    mode."""
+    labels = torch.tensor(list(class_ids)).repeat_interleave(torch.as_tensor(per_class))
+    return torch.randn(len(labels), latent_dim, generator=torch.Generator().manual_seed(seed)), labels
+
+
+def sample_logmels(generator, noise, labels, scale):
+    """Generator output for fixed noise, as HiFi-GAN log-mel (B, n_mels, n_frames); BatchNorm uses running stats."""
+    with training_mode(generator, False), torch.no_grad():
+        return scale.from_gan(generator(noise, labels)).squeeze(1)
+
+
+@torch.no_grad()
+def vocode(logmel, vocoder, cfg):
+    """HiFi-GAN log-mel (B, n_mels, T) -> float waveforms (B, T * hop) on the CPU, vocoder_batch at a time."""
+    wav = chunked(lambda m: vocoder(m) if vocoder is not None else griffin_lim(m, cfg), logmel, cfg.vocoder_batch,
+                  LOG_FLOOR)  # padded with silence
+    return wav.clamp(-1, 1).float().cpu()
+
+
+# ---------------------------------------------------------------- the training loop
+
+@dataclass
+class Run:
+    """One training process's state: what the loop updates step by step, and what a checkpoint saves of it."""
+    cfg: Config
+    rank: int
+    world: int
+    device: torch.device
+    data: MelClips
+    evaluator: object  # an Evaluator on rank 0 when eval_every is set, else None
+    generator: nn.Module  # wrapped in DDP under torchrun
+    critic: nn.Module
+    generator_ema: object  # the weight average that samples are drawn from (rank 0, ema > 0), else None
+    opt_g: torch.optim.Optimizer
+    opt_c: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_c: torch.amp.GradScaler
+    dtype: object  # the autocast dtype, None for fp32
+    vocoder: object
+    fixed_noise: torch.Tensor
+    sample_labels: torch.Tensor
+    ckpt_path: str
+    history: dict = field(default_factory=lambda: {"step": [], "epoch": [], **{m: [] for m in METRICS}})
+    running: torch.Tensor = None  # loss sums on the device since the last log interval
+    epoch: int = 0  # epochs completed
+    epoch_step: int = 0  # steps into the next epoch: a checkpoint written mid-epoch resumes there
+    step: int = 0  # generator steps in all
+    has_checkpoint: bool = False  # a good one to go back to, should a loss turn non-finite
+    stopping: bool = False  # a stop every rank agrees on
+    diverged: bool = False  # the critic's divergence has been reported this epoch
+    view: object = None  # the notebook output that each epoch's samples replace
+    tb: object = None  # a TensorBoard SummaryWriter with --tensorboard (rank 0), else None
+    pace: object = None  # times this process's first steps and says how long the run will take (Pace)
+    deadline: float = math.inf  # when --max_minutes stops the run (time.time())
+
+
+def build_run(cfg, rank, world, device, ckpt):
+    """Data, models, optimisers, gradient scalers, vocoder and fixed noise of one process, restored from ckpt if any."""
+    torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
+    cfg, data, vocoder, evaluator = prepare_data(cfg, rank, world, device, ckpt)
+    generator, critic = (m.to(device) for m in build_models(cfg, len(data.classes)))
+    fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
+    opt_g, opt_c = (torch.optim.Adam(m.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+                    for m in (generator, critic))
+    dtype = amp_dtype(cfg, device)
+    scaler_g, scaler_c = (torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2))
+    # The same noise every epoch (DCGAN's fixed_noise) from its own seeded RNG: progress is audible.
+    fixed_noise, sample_labels = seeded_noise(range(len(data.classes)), cfg.samples_per_class, cfg.latent_dim, cfg.seed)
+    run = Run(cfg, rank, world, device, data, evaluator, generator, critic,
+              copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,  # for samples
+              opt_g, opt_c, scaler_g, scaler_c, dtype, vocoder,
+              fixed_noise, sample_labels, checkpoint_at(cfg.out_dir),
+              running=torch.zeros(len(METRICS), device=device))  # summed on the device; read once per log_every
+    data.place(device)  # now that the models, optimisers and vocoder hold their memory
+    print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
+          f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
+          f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
+    if ckpt is not None:
+        check_classes(ckpt, data.classes, run.ckpt_path)  # known only now: the checkpoint was read before the data
+        restore_run(run, ckpt)
+    elif rank == 0:
+        plot_real_examples(run)
+    if world > 1:
+        run.generator, run.critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
+                                     for m in (generator, critic))
+    run.fixed_noise, run.sample_labels = run.fixed_noise.to(device), run.sample_labels.to(device)
+    return run
+
+
+def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
+    """Train epoch's remaining steps; False if a stop (signal or --max_minutes) ends it early, True if it completes."""
+    cfg, scalers = run.cfg, (run.scaler_g, run.scaler_c)
+    run.diverged = False
+    bar = progress(range(run.epoch_step, epoch_steps), f"epoch {epoch}/{cfg.epochs}", total=epoch_steps,
+                   initial=run.epoch_step, disable=run.rank != 0)
+    run.pace.resume(run)
+    for epoch_step in bar:
+        losses = wgan_step(run.generator, run.critic, run.opt_g, run.opt_c, scalers, run.data, cfg, run.dtype,
+                           run.step)
+        if run.generator_ema is not None:  # warm-up: early on, the average must not remember the random start
+            ema_update(run.generator_ema, unwrap(run.generator), min(cfg.ema, (1 + run.step) / (10 + run.step)))
+        run.step += 1
+        run.epoch_step = epoch_step + 1
+        run.pace.step(run, epoch_steps)
+        if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
+            stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
+        run.running += losses
+        watch.update(losses, run.step)
+        if run.world == 1:
+            run.stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
+        if run.step % cfg.log_every == 0:
+            log_losses(run, watch, epoch, bar, stop)
+        if run.stopping and run.epoch_step < epoch_steps:
+            bar.close()
+            return False
+    run.pace.pause(run)  # the epoch-end work is not a step
+    run.epoch_step = 0
+    return True
+
+
+def log_losses(run, watch, epoch, bar, stop):
+    """At a log interval: average the losses (over ranks, which also agree whether to stop), check them, record them."""
+    cfg = run.cfg
+    if run.world > 1:  # collectives at log intervals only: mean losses, and whether any rank must stop
+        stop_any = torch.tensor(float(bool(stop)), device=run.device)
+        dist.all_reduce(run.running)
+        dist.all_reduce(stop_any, op=dist.ReduceOp.MAX)
+        run.running /= run.world
+        run.stopping = bool(stop_any)
+    means = dict(zip(METRICS, (run.running / cfg.log_every).tolist()))
+    run.running.zero_()
+    watch.check(means)
+    if not all(map(math.isfinite, means.values())):  # and yet not stopped: fp16 overflows the scaler skipped
+        tqdm.write(f"fp16 overflow in the {cfg.log_every} steps to step {run.step}: the gradient scaler skipped those "
+                   f"updates. Training stops only if it persists for {watch.tolerance} steps.")
+    wdist = means["wdist"]
+    if abs(wdist) > cfg.max_wdist and not run.diverged:
+        run.diverged = True  # reported once an epoch, and the run goes on: the user decides
+        tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {wdist:.3g} at step {run.step} exceeds "
+                   f"--max_wdist {cfg.max_wdist:g}. Consider a lower --lr or a higher --lambda_gp.")
+    run.history["step"].append(run.step)
+    run.history["epoch"].append(epoch)
+    for m, v in means.items():
+        run.history[m].append(v)
+    tensorboard_losses(run.tb, run.step, list(means.values()))
+    bar.set_postfix({m: f"{v:.3g}" for m, v in means.items()})
+
+
+def end_epoch(run, watch, epoch, t0):
+    """The epoch's outputs and the checkpoint that marks it done (rank 0), with every rank in step."""
+    watch.check()  # one host sync an epoch: never write a checkpoint of NaN weights
+    if run.world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
+        for buffer in unwrap(run.generator).buffers():
+            dist.broadcast(buffer, 0)
+    run.epoch = epoch
+    if run.rank == 0:
+        write_epoch_outputs(run, epoch)
+        save_checkpoint(run)
+    if run.world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
+        dist.barrier()
+    last = {m: round(run.history[m][-1], 4) for m in METRICS} if run.history["step"] else {}
+    now = time.time()
+    took = now - t0
+    left = min((run.cfg.epochs - epoch) * took, max(0.0, run.deadline - now))  # at this epoch's pace, all included
+    left = f"about {duration(left)} left  " if epoch < run.cfg.epochs else ""
+    print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {took:.1f}s  {left}{last}")
+
+
+def train_process(cfg, rank, world, device, ckpt, tb=None):
+    """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
+    run = build_run(cfg, rank, world, device, ckpt)
+    run.tb = tb
+    cfg, watch = run.cfg, FiniteWatch(run)
+    epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
+    deadline = run.deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    run.pace = Pace()
+    with stop_requests() as stop:
+        for epoch in range(run.epoch + 1, cfg.epochs + 1):
+            t0 = time.time()
+            completed = train_epoch(run, watch, epoch, epoch_steps, stop, deadline)
+            if completed:
+                end_epoch(run, watch, epoch, t0)
+            # The one stop path: a stop mid-epoch, or one that came during an epoch's last step or its outputs.
+            if (run.stopping or (world == 1 and stop)) and (not completed or epoch < cfg.epochs):
+                if not completed:
+                    watch.check()
+                    if rank == 0:
+                        save_checkpoint(run)  # mid-epoch: resume continues this very step
+                where = f"after epoch {epoch}" if completed else f"at epoch {epoch}, step {run.step}"
+                print(f"Stopped by {stop[0] if stop else 'a signal'} {where}. Checkpoint saved to {run.ckpt_path}.\n"
+                      f"Resume with the same flags plus --resume.")
+                return run_result(run, interrupted=True)
+    return run_result(run, interrupted=False)  # train() never calls train_process with no epoch left to train
+
+
+def train(cfg, given=None):
+    """Train and write every output; returns a dict with the models, the loss history, the classes and paths. given:
+    the fields set on the command line (parse_flags); a resumed run keeps its own values of the others."""
+    check_config(cfg)
+    rank, world, device = setup_distributed(cfg)
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(process_state(cfg, device))
+            if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            ckpt_path = checkpoint_at(cfg.out_dir)
+            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else refuse_other_run(cfg, ckpt_path)
+            cfg = keep_recipe(cfg, ckpt, given)
+            if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
+                result = run_complete(cfg, ckpt, ckpt_path)
+            else:
+                with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
+                    if rank == 0 and cfg.overwrite:
+                        clear_run(cfg.out_dir)
+                    with tensorboard_writer(cfg, ckpt, rank) as tb:
+                        result = train_process(cfg, rank, world, device, ckpt, tb)
+                print(where_to_look(cfg))
+        if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
+            gc.collect()
+            dist.barrier()
+        return result
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def main(argv=None):
+    cfg, given = parse_flags(argv)
+    try:
+        return generate(cfg) if cfg.mode == "generate" else evaluate(cfg) if cfg.mode == "evaluate" else \
+            train(cfg, given)
+    except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
+        raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. "
+                         f"{after_failure(cfg)}") from None
+    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (reading audio, building caches): no traceback
+        resume = cfg.mode == "train" and os.path.isfile(checkpoint_at(cfg.out_dir))
+        print(f"Interrupted; no file is left half-written.{' Rerun with --resume to go on.' * resume}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+# ==================== Part II: plumbing. Nothing below changes what the GAN learns
+
+# ---------------------------------------------------------------- validation: settings refused before any work
+
+def check_config(cfg):
+    """Refuse settings the models or the pipeline cannot take, or files that are not there, before any work."""
+    problems = config_problems(cfg)
+    if cfg.resume and cfg.overwrite:
+        problems.append("resume and overwrite contradict each other: continue the run in out_dir, or start over")
+    if cfg.vocoder.split(":")[0] == "bigvgan":
+        problems += bigvgan_problems()
+    elif cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
+        problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "bigvgan", "griffinlim" nor '
+                        f'a file')
+    if cfg.eval_path and not os.path.isdir(cfg.eval_path):  # said now, not after the training mels are built
+        problems.append(f"eval_path={cfg.eval_path!r} is not a folder: pass one with the same class folders as "
+                        f"base_path, or leave it empty to hold out every 10th training clip")
+    if cfg.tensorboard and not tensorboard_available():
+        problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
+                        "pip install tensorboard")
+    problems += device_problems(cfg.device)
+    if problems:
+        raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
+
+
+def config_problems(cfg):
+    """Settings the models or the pipeline cannot take, one line each: what check_config and checkpoints refuse."""
+    problems = []
+    for name in ("n_mels", "n_frames"):
+        if (getattr(cfg, name) < 16 or getattr(cfg, name) % 16) and (name, getattr(cfg, name)) != ("n_frames", 0):
+            problems.append(f"{name}={getattr(cfg, name)} must be a positive multiple of 16 (the models halve it 4 "
+                            f"times)")
+    problems += [p for f in dataclasses.fields(cfg) for p in field_problems(f, getattr(cfg, f.name))]
+    if cfg.batch_size == 1:
+        problems.append("batch_size=1 is too small: the generator's BatchNorm needs at least 2 examples per step")
+    return problems + range_problems(cfg)
+
+
+def field_problems(f, value):
+    """[] if value is one of field f's choices and within its bounds (see arg), else the one line saying what it must
+    be. Comparisons are written so that NaN fails them."""
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        return [f"{f.name}={value!r} must be one of {', '.join(m['choices'])}"]
+    lo, above, below = m.get("min"), m.get("above"), m.get("below")
+    if (lo is None or value >= lo) and (above is None or value > above) and (below is None or value < below):
+        return []
+    if below is not None and below < math.inf:
+        rule = f"in [{lo}, {below})" if lo is not None else f"above {above} and below {below}"
+    else:
+        rule = (f"above {above}" if above is not None else "0 or more" if lo == 0 else f"at least {lo}")
+        rule = f"a finite number {rule}" if below == math.inf else rule
+    return [f"{f.name}={value} must be {rule}"]
+
+
+def range_problems(cfg):
+    """STFT and filterbank settings that do not fit together, which torch.stft would refuse later, or worse, a mel
+    filterbank of silence would train on."""
+    problems = []
+    if cfg.win_length > cfg.n_fft:
+        problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
+    if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
+        problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
+    if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
+        problems.append(f"fmin={cfg.fmin:g}, fmax={cfg.fmax:g} must satisfy 0 <= fmin < fmax <= sample_rate/2 "
+                        f"= {cfg.sample_rate / 2:g}")
+    return problems
+
+
+def device_problems(name):
+    """[] if --device names a device this machine has, else one line naming the devices it does have."""
+    n_cuda = torch.cuda.device_count()
+    mps = torch.backends.mps.is_available()
+    known = ["auto", "cpu"] + ["cuda"] * bool(n_cuda) + [f"cuda:{i}" for i in range(n_cuda)] + ["mps"] * mps
+    if name in known:
+        return []
+    cuda = f", cuda, cuda:0{f' ... cuda:{n_cuda - 1}' if n_cuda > 1 else ''}" if n_cuda else " (no CUDA device here)"
+    return [f"device={name!r} is not available; this machine has auto, cpu{cuda}{', mps' if mps else ''}"]
+
+
+# ---------------------------------------------------------------- files: atomic writes, one-line errors
+
+TMP_MARK = ".tfq-partial"  # atomic's temporary files end in this and a pid; no other program names files so
+
+
+@contextlib.contextmanager
+def atomic(path):
+    """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
+    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
+    tmp = f"{path}{TMP_MARK}{os.getpid()}"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:
+        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+
+
+def save_cache(obj, path, what):
+    """torch.save(obj) to path, atomically; a cache that cannot be written is only a cache: one line, and go on."""
+    try:
+        with atomic(path) as tmp:
+            torch.save(obj, tmp)
+    except OSError as e:
+        print(f"Could not write the {what} {path} ({e.strerror}); continuing without it")
+
+
+def load_error(e):
+    """Why torch.load(weights_only=True) refused a file, in one line; never torch's advice to unpickle it anyway."""
+    if isinstance(e, pickle.UnpicklingError):
+        return "it holds Python objects, which this script never unpickles: only tensors and plain data are read"
+    return one_line(e)
+
+
+def one_line(e):
+    """An exception as one short line: torch's messages span many."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}" if text else type(e).__name__
+
+
+# ---------------------------------------------------------------- audio files, class folders, demo data, mel cache
+
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def load_audio(path, sample_rate):
+    """Mono float32 at sample_rate, peak-normalised to 0.95 as HiFi-GAN's training audio was; ValueError if unusable."""
+    try:
+        with sf.SoundFile(path) as f:
+            sr, promised = f.samplerate, f.frames
+            audio = f.read(dtype="float32", always_2d=True).mean(axis=1)  # (T, channels) -> (T,)
+    except (RuntimeError, OSError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
+        raise ValueError(f"unreadable ({str(e).strip() or type(e).__name__})") from None
+    # libsndfile returns a short or empty array for some truncated files without raising: check the length.
+    if audio.size == 0:
+        raise ValueError("no audio samples (empty, header-only or truncated file)")
+    if audio.size < promised:
+        raise ValueError(f"truncated: the header promises {promised} samples, only {audio.size} could be read")
+    if not np.isfinite(audio).all():
+        raise ValueError("contains NaN or inf samples")
+    if not audio.any():
+        raise ValueError("silent: every sample is zero")
+    if sr != sample_rate:
+        audio = soxr.resample(audio, sr, sample_rate).astype(np.float32)
+        if audio.size == 0:
+            raise ValueError(f"too short: {promised} sample(s) at {sr} Hz is nothing at {sample_rate} Hz")
+    return audio * (0.95 / np.abs(audio).max())
+
+
+MAX_NAME = 200  # bytes in a class name: it heads file names ("<class>_0.wav" and atomic's temporary names) of 255
+
+
+def name_problem(name):
+    """Why name cannot be a class (one file-name component of every sample's path), or "" if it can."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in ("/", "\0", os.sep)):
+        return "is not a single folder name"  # "../x" or "/tmp/x" from a crafted checkpoint would write outside out_dir
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        return f"is longer than {MAX_NAME} bytes, too long for the sample file names; rename it"
+    return ""
+
+
+def discover(base_path, out_dir=None):
+    """Sorted class names, [(path, label)] of audio files under base_path/<class>/**, and [(path, reason)] skipped.
+    An out_dir inside base_path is not read: its samples are not a class, nor more audio of one."""
+    if os.path.exists(base_path) and not os.path.isdir(base_path):
+        raise SystemExit(f"--base_path {base_path!r} is a file, not a folder; pass the folder that holds one folder "
+                         f"per class (<base_path>/<class_name>/*.wav), or --base_path demo.")
+    if not os.path.isdir(base_path):
+        raise SystemExit(f"Dataset folder {base_path!r} does not exist. Expected one folder per class:\n"
+                         f"  {base_path}/<class_name>/**/*.wav (or .flac .ogg .mp3)\nor --base_path demo.")
+    real, out_real = os.path.realpath(base_path), out_dir and os.path.realpath(out_dir)
+    if out_real and os.path.commonpath([out_real, real]) == real:  # compared as real paths: links, "..", "./"
+        if out_real == real:
+            raise SystemExit(f"--out_dir {out_dir!r} is the dataset folder itself; its output folders would be read as "
+                             f"classes. Pass another --out_dir, e.g. outside {base_path!r}.")
+        print(f"Not read as data: --out_dir {out_dir!r} lies inside --base_path {base_path!r}")
+    classes = [d for d in sorted(os.listdir(base_path)) if not d.startswith(".") and os.path.isdir(
+        os.path.join(base_path, d)) and os.path.realpath(os.path.join(base_path, d)) != out_real
+        and not class_link_problem(os.path.join(base_path, d), real)]
+    too_long = [f"{d[:40]!r}... {name_problem(d)}" for d in classes if name_problem(d)]
+    if too_long:
+        raise SystemExit(f"Class folder {too_long[0]} (base_path {base_path!r}).")
+    # Links are followed, but never into a folder walked already, the root or above it: a loop would repeat every
+    # file (under the wrong class) or never end. The real paths of the root, its ancestors and the classes start it.
+    seen_dirs, seen_files, loops, repeats = set(), set(), [], 0
+    while real not in seen_dirs:
+        seen_dirs.add(real)
+        real = os.path.dirname(real)
+    seen_dirs.update(os.path.realpath(os.path.join(base_path, c)) for c in classes)
+    files, skipped, other = [], [], 0
+    for label, name in enumerate(classes):
+        for root, names in walk_once(os.path.join(base_path, name), seen_dirs, loops, skip=out_real):
+            for n in sorted(n for n in names if not n.startswith(".")):
+                path = os.path.join(root, n)
+                if not n.lower().endswith(AUDIO_EXTS):
+                    other += 1
+                elif os.path.realpath(path) in seen_files:  # a link to a file already listed: count it once
+                    repeats += 1
+                elif not os.path.isfile(path):  # follows links: a broken one is not a file
+                    skipped.append((path, "broken link or not a regular file"))
+                else:
+                    seen_files.add(os.path.realpath(path))
+                    files.append((path, label))
+    if len(classes) < 2:
+        raise SystemExit(f"{base_path!r} has {len(classes)} class folder(s); a conditional GAN needs at least 2. "
+                         f"Expected {base_path}/<class_name>/*.wav, one folder per class.")
+    if other:
+        print(f"Ignored {other} non-audio file(s) (only {' '.join(AUDIO_EXTS)} are read)")
+    if loops or repeats:
+        shown = ", ".join(map(repr, loops[:3])) + (", ..." if len(loops) > 3 else "")
+        print(f"Not followed: {len(loops)} folder(s) reached again through a link or leading back into or above the "
+              f"dataset ({shown or 'none'}), and {repeats} linked audio file(s) already listed under another path")
+    return classes, files, skipped
+
+
+def class_link_problem(folder, root):
+    """Why a class folder that is a link must not be read (one line printed), or "": a link to the dataset's root
+    (real path root) or above it would read the whole tree, or the file system, as one class; one into the dataset
+    reads another class's files again."""
+    if not os.path.islink(folder):
+        return ""
+    real = os.path.realpath(folder)
+    if os.path.commonpath([real, root]) in (real, root):
+        why = "the dataset itself or a folder above it" if os.path.commonpath([real, root]) == real else \
+            "another folder of the dataset"
+        print(f"Not a class: {folder!r} links to {real!r}, {why}")
+        return why
+    return ""
+
+
+def walk_once(folder, seen, loops, skip=None):
+    """(folder, file names) under folder, following links but into no folder whose real path is in seen (which grows);
+    the links left out are appended to loops. Hidden folders (.git, .ipynb_checkpoints, ...) and skip are not entered."""
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            real = os.path.realpath(os.path.join(root, d))
+            if real == skip:
+                continue
+            if real in seen:
+                loops.append(os.path.join(root, d))
+            else:
+                seen.add(real)
+                keep.append(d)
+        dirs[:] = keep
+        yield root, names
+
+
+def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0):
+    """Write four classes of clearly different synthetic sounds as wav files (kept if already there)."""
+    rng = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * sample_rate)) / sample_rate
+    rand = lambda lo, hi: lo + (hi - lo) * torch.rand((), generator=rng).item()
+    envelope = torch.clamp(t / 0.02, max=1) * torch.clamp((seconds - t) / 0.1, max=1)
+    sounds = {
+        "hum": lambda: sum(torch.sin(2 * math.pi * k * rand(90, 140) * t) / k for k in range(1, 6)),
+        "whistle": lambda: torch.sin(2 * math.pi * rand(1500, 2500) * t + 8 * torch.sin(2 * math.pi * rand(4, 7) * t)),
+        "chirp": lambda: torch.sin(2 * math.pi * torch.cumsum(torch.linspace(rand(200, 400), rand(3000, 5000),
+                                                                            len(t)), 0) / sample_rate),
+        "clicks": lambda: torch.randn(len(t), generator=rng) * (torch.sin(2 * math.pi * rand(6, 10) * t) > 0.8),
+    }
+    for name, make in sounds.items():
+        for i in range(clips_per_class):
+            path = os.path.join(root, name, f"{name}_{i:03d}.wav")
+            wav = make() * envelope  # draw even when the file exists, so every clip's sound is the same each run
+            if not os.path.exists(path):
+                with atomic(path) as tmp:
+                    sf.write(tmp, (0.5 * wav / wav.abs().max()).numpy(), sample_rate, format="WAV")
+    return root
+
+
+def read_mel_cache(path, key, n_classes):
+    """The cached mels at path if they are this dataset's, else None. A cache is only a cache: one cut short by a full
+    disk or written in another shape (another version of the script) is rebuilt, with one line saying so."""
+    if not os.path.exists(path):
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+    except Exception as e:
+        print(f"Rebuilding unreadable mel cache {path} ({type(e).__name__})")
+        return None
+    if isinstance(data, dict) and isinstance(data.get("key"), str) and data["key"] != key:
+        return None  # stale: files or mel settings changed since; rebuilt as a matter of course
+    if not mel_cache_ok(data, n_classes):
+        print(f"Rebuilding malformed mel cache {path} (not the structure this script writes)")
+        return None
+    return data
+
+
+def mel_cache_ok(data, n_classes):
+    """Whether data is shaped as MelClips.build makes it, so that nothing later fails on it."""
+    try:
+        frames, lengths, labels, skipped = (data[k] for k in ("frames", "lengths", "labels", "skipped"))
+        return (frames.dim() == 2 and frames.is_floating_point() and lengths.dim() == 1
+                and lengths.shape == labels.shape and lengths.dtype == labels.dtype == torch.long
+                and bool((lengths > 0).all()) and int(lengths.sum()) == frames.shape[1]
+                and bool(((labels >= 0) & (labels < n_classes)).all())
+                and all(isinstance(p, str) and isinstance(why, str) for p, why in skipped))
+    except Exception:  # a missing key, a list for a tensor, a skip entry that is not a pair, ...
+        return False
+
+
+# ---------------------------------------------------------------- vocoders: HiFi-GAN (jik876 V1), BigVGAN-v2, Griffin-Lim
 
 class ResBlock(nn.Module):
     """HiFi-GAN's multi-receptive-field residual block ("1": two convs per dilation, "2": one)."""
@@ -1218,15 +1455,245 @@ def chunked(fn, x, size, fill):
     return torch.cat(outs)[:n]
 
 
-@torch.no_grad()
-def vocode(logmel, vocoder, cfg):
-    """HiFi-GAN log-mel (B, n_mels, T) -> float waveforms (B, T * hop) on the CPU, vocoder_batch at a time."""
-    wav = chunked(lambda m: vocoder(m) if vocoder is not None else griffin_lim(m, cfg), logmel, cfg.vocoder_batch,
-                  LOG_FLOOR)  # padded with silence
-    return wav.clamp(-1, 1).float().cpu()
+# ---------------------------------------------------------------- a run's data, outputs, pace and out_dir
+
+def prepare_data(cfg, rank, world, device, ckpt):
+    """(cfg, clips, vocoder, evaluator): demo data, the mel cache, the vocoder and its check, the evaluator's
+    classifier and ceiling, built by rank 0 first (the others have no vocoder and no evaluator)."""
+    with rank_zero_first(rank, world):
+        if cfg.base_path == "demo":
+            cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
+                                                                       cfg.sample_rate))
+        scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
+        vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
+        data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
+        cfg = dataclasses.replace(cfg, n_frames=data.n_frames)  # n_frames 0 (auto) is now the data's size
+        if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
+            raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
+                             f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
+                             f"{len(data) // world} or less, or add data.")
+        evaluator = None
+        if rank == 0:
+            check_vocoder(cfg, data, vocoder, device)
+            if cfg.eval_every:
+                evaluator = Evaluator(cfg, data, device, vocoder)  # trains its classifier, vocodes its ceiling
+    data.shard = data.shard[rank::world]
+    return cfg, data, vocoder, evaluator
 
 
-# ---------------------------------------------------------------- outputs: wavs, plots, CSV, gallery, checkpoints
+def plot_real_examples(run):
+    """One real clip per class, plotted beside the samples so a listener knows what to expect."""
+    data = run.data
+    real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(data.classes))])
+    with own_rng(run.device):
+        real, _ = data.crops(real_idx)
+    plot_mels(data.scale.from_gan(real).cpu(), data.classes,
+              os.path.join(run.cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), run.cfg, "Real examples")
+
+
+class FiniteWatch:
+    """Tracks, on the device and without a host sync, the first step of a run of non-finite losses that persists.
+
+    fp16 overflows now and then; the gradient scaler then skips that update (weights untouched) and lowers its scale.
+    Only non-finite losses that persist for MAX_SKIPS steps are a real NaN. Without a scaler, the first one is."""
+
+    def __init__(self, run):
+        self.run, self.tolerance = run, MAX_SKIPS if run.scaler_g.is_enabled() else 1
+        self.first_bad = torch.tensor(NEVER, device=run.device)
+        self.streak = torch.zeros((), dtype=torch.long, device=run.device)
+
+    def update(self, losses, step):
+        self.streak = torch.where(torch.isfinite(losses).all(), 0, self.streak + 1)
+        self.first_bad = torch.where(self.streak >= self.tolerance,
+                                     torch.clamp(self.first_bad, max=step + 1 - self.streak), self.first_bad)
+
+    def check(self, means=None):
+        """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
+        run, bad, tolerance = self.run, self.first_bad.clone(), self.tolerance
+        if run.world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        if bad.item() == NEVER:
+            return
+        raise SystemExit(f"Non-finite loss at step {bad.item()}"
+                         + (f" and the {tolerance - 1} steps after it (the fp16 gradient scaler skipped them)"
+                            if tolerance > 1 else "")
+                         + (f" (averages of the last {run.cfg.log_every} steps: {means})" if means else "")
+                         + ". Training stopped; " + (
+                             f"the last good checkpoint, {run.ckpt_path}, is untouched. Try a lower --lr or a higher "
+                             f"--lambda_gp, then --resume." if run.has_checkpoint else
+                             "no checkpoint was written yet. Try a lower --lr or a higher --lambda_gp."))
+
+
+def write_epoch_outputs(run, epoch):
+    """Rank 0's end of an epoch: fixed-noise samples (wavs, plots), losses, evaluation, gallery, notebook view."""
+    cfg, data, classes = run.cfg, run.data, run.data.classes
+    with own_rng(run.device):  # nothing here may draw from training's RNG stream: resume stays exact
+        sampler = run.generator_ema if run.generator_ema is not None else unwrap(run.generator)
+        if run.generator_ema is not None:
+            standing_stats(run.generator_ema, len(classes), cfg.latent_dim)
+        logmels = sample_logmels(sampler, run.fixed_noise, run.sample_labels, data.scale)
+        wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
+        grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
+        write_samples(logmels, classes, run.sample_labels.cpu(), run.vocoder, cfg, wav_dir, grid_png,
+                      f"Epoch {epoch}")
+        if run.history["step"]:
+            write_losses(run.history, cfg.out_dir)
+        metrics = None
+        if run.evaluator is not None and epoch % cfg.eval_every == 0:
+            metrics = run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
+        write_gallery(cfg, classes)
+        tensorboard_epoch(run.tb, run.step, grid_png, wav_dir, classes, metrics)
+        players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
+        run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
+
+
+def clock(run):
+    """time.time() once the device has done the steps queued so far."""
+    if run.device.type == "cuda":  # steps are queued: the clock must wait for them (a few times a run)
+        torch.cuda.synchronize(run.device)
+    return time.time()
+
+
+class Pace:
+    """Times a process's first training steps (its epoch-end work left out) and, after a warm-up step and `steps`
+    timed ones (or `seconds` of them), says once how fast it trains and how long an epoch and the run will take."""
+
+    def __init__(self, steps=20, seconds=30):
+        self.steps, self.seconds = steps, seconds
+        self.done, self.start, self.warm, self.said = (0.0, 0), None, False, False  # done: (seconds, steps) timed
+
+    def resume(self, run):
+        """At an epoch's start: its steps are timed."""
+        self.start = (clock(run), run.step) if not self.said else None
+
+    def pause(self, run):
+        """At an epoch's end: what follows is not a step."""
+        if self.start is not None:
+            self.done = self.timed(run)[1:]
+            self.start = None
+
+    def timed(self, run):
+        now = clock(run)
+        return now, self.done[0] + now - self.start[0], self.done[1] + run.step - self.start[1]
+
+    def step(self, run, epoch_steps):
+        """After a step: say it once enough steps are timed."""
+        if self.start is None:
+            return
+        now, seconds, steps = self.timed(run)
+        if not self.warm:
+            self.warm = True
+            if seconds < self.seconds:  # the first step warms up: time from the next one, unless steps are slow
+                self.done, self.start = (0.0, 0), (now, run.step)
+                return
+        if steps < self.steps and seconds < self.seconds:
+            return
+        self.said, self.start = True, None
+        tqdm.write(speed_line(run, steps / seconds, epoch_steps, now))
+
+
+def speed_line(run, rate, epoch_steps, now):
+    """How fast the run trains (steps per second), how long an epoch and the rest of the run will take."""
+    cfg = run.cfg
+    left = (cfg.epochs - run.epoch - 1) * epoch_steps + epoch_steps - run.epoch_step
+    stop = "now" if run.deadline <= now else f"after {duration(run.deadline - now)} more"
+    budget = f"; --max_minutes {cfg.max_minutes:g} stops it {stop}" if now + left / rate > run.deadline else ""
+    speed = f"{rate:.2f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s per step"
+    return (f"Speed: {speed} (batch {cfg.batch_size}, {cfg.n_frames} frames, {run.device.type}): an epoch of "
+            f"{epoch_steps} step{'s' * (epoch_steps != 1)} takes about {duration(epoch_steps / rate)}, the {left} "
+            f"steps left about {duration(left / rate)}, plus sampling and a checkpoint at each epoch's end{budget}.")
+
+
+def duration(seconds):
+    """'0.4 s', '40 s', '12 min' or '3.2 h'."""
+    if seconds < 100:
+        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
+
+
+def run_result(run, interrupted):
+    return {"generator": unwrap(run.generator), "critic": unwrap(run.critic), "generator_ema": run.generator_ema,
+            "history": run.history, "steps": run.step, "classes": run.data.classes, "scale": run.data.scale,
+            "checkpoint": run.ckpt_path, "config": run.cfg, "interrupted": interrupted}
+
+
+def run_complete(cfg, ckpt, path):
+    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
+    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
+          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
+    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
+            "config": cfg, "interrupted": False, "complete": True}
+
+
+def checkpoint_at(out_dir):
+    """The checkpoint of the training run in out_dir."""
+    return os.path.join(out_dir, "checkpoint.pt")
+
+
+RUN_OUTPUTS = ("checkpoint.pt", "gan_generated_audio", "gan_spectrogram_plots", "gan_loss_plot.png", "losses.csv",
+               "eval_metrics.csv", "gan_eval_plot.png", "index.html", "tensorboard")  # not mel_cache, demo_data: caches
+
+
+def refuse_other_run(cfg, path):
+    """None, for a new run; refuse to start one over another run's checkpoint (a rerun notebook cell would replace
+    hours of training) unless --overwrite says so."""
+    if cfg.overwrite or not os.path.exists(path):
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        what = f"a run that has trained {ckpt['epoch']} of {ckpt['config']['epochs']} epochs"
+    except Exception:  # damaged or foreign: it is still not this script's to replace unasked
+        what = "a checkpoint.pt"
+    raise SystemExit(f"{cfg.out_dir!r} holds {what}. Pass --resume to continue it, another --out_dir to start a new "
+                     f"run beside it, or --overwrite to delete its outputs and start over.")
+
+
+def clear_run(out_dir):
+    """Delete an earlier run's outputs (RUN_OUTPUTS) from out_dir, and say so: --overwrite asked for it."""
+    gone = [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
+    for name in gone:
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:  # a file, or a link (never the folder it points at)
+            os.remove(path)
+    if gone:
+        print(f"--overwrite: deleted the earlier run's {', '.join(gone)} in {out_dir!r}")
+
+
+RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "beta1", "beta2", "aux_weight",
+               "augment", "ema", "seed")
+
+
+def keep_recipe(cfg, ckpt, given):
+    """cfg for a resumed run: n_frames 0 (auto) is the size the run chose, and the recipe fields (RECIPE_KEYS) no
+    flag set (given) keep the checkpoint's values, said in one line; given None (train() called from Python) counts
+    every field as set."""
+    if ckpt is not None and not cfg.n_frames:  # auto: the size the run chose when it started
+        cfg = dataclasses.replace(cfg, n_frames=ckpt["config"]["n_frames"])
+    if ckpt is None or given is None:
+        return cfg
+    kept = {k: ckpt["config"][k] for k in RECIPE_KEYS if k not in given and k in ckpt["config"]
+            and ckpt["config"][k] != getattr(cfg, k)}
+    if kept:
+        print(f"Kept the run's own {', '.join(f'{k} {v}' for k, v in kept.items())} (no flag set them here; pass "
+              f"--{next(iter(kept))} ... to change one)")
+    return dataclasses.replace(cfg, **kept)
+
+
+def where_to_look(cfg):
+    """The line that ends a training run: where its gallery, samples, checkpoint and (for the demo) data are."""
+    places = [("gallery", "index.html"), ("samples", "gan_generated_audio"), ("checkpoint", "checkpoint.pt")]
+    places += [("demo data", "demo_data")] if cfg.base_path == "demo" else []
+    paths = [(what, os.path.join(cfg.out_dir, rel)) for what, rel in places]
+    return "Outputs: " + ", ".join(f"{what} {path}{os.sep * os.path.isdir(path)}" for what, path in paths
+                                   if os.path.exists(path))
+
+
+# ---------------------------------------------------------------- outputs: wavs, plots, CSV, gallery
+
+PLOT_COLS = 8  # samples per class in a grid plot: a 10 x 50 grid takes minutes to draw; every sample has a thumbnail
+
 
 def own_rng(device):
     """A fork of torch's RNGs for work beside training (plots, samples, evaluation): the training stream is left as it
@@ -1452,6 +1919,8 @@ def show_in_notebook(handle, grid_png, wavs, title):
     return handle
 
 
+# ---------------------------------------------------------------- checkpoints and TensorBoard
+
 CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "scalers", "epoch", "epoch_step", "step",
                    "config", "classes", "gan_scale", "history", "fixed_noise", "running", "rng_cpu", "rng_cuda")
 
@@ -1652,6 +2121,13 @@ def tensorboard_epoch(tb, step, grid_png, wav_dir, classes, metrics=None):
 
 
 # ---------------------------------------------------------------- evaluation: a real-data classifier scores the audio
+
+EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
+# The vocoder check's mel L1 (bench/RESULTS.md, "Evaluator v2"): white noise for a clip, and HiFi-GAN V1 universal
+# on spoken digits (FSDD), which it carries transparently.
+NOISE_L1, SPEECH_L1 = 5.0, 0.25
+
+
 # What a listener hears, judged honestly. Every clip is level-normalised before it is scored, so loudness is never
 # charged as content. Every distance is between equal, large sets: the real floor is the held-out clips against as
 # many training clips in the same class mix; the vocoder ceiling is the same held-out clips sent through the run's
@@ -2158,447 +2634,7 @@ def claim_out_dir(out_dir):
         os.close(fd)
 
 
-# ---------------------------------------------------------------- the training loop
-
-@dataclass
-class Run:
-    """One training process's state: what the loop updates step by step, and what a checkpoint saves of it."""
-    cfg: Config
-    rank: int
-    world: int
-    device: torch.device
-    data: MelClips
-    evaluator: object  # an Evaluator on rank 0 when eval_every is set, else None
-    generator: nn.Module  # wrapped in DDP under torchrun
-    critic: nn.Module
-    generator_ema: object  # the weight average that samples are drawn from (rank 0, ema > 0), else None
-    opt_g: torch.optim.Optimizer
-    opt_c: torch.optim.Optimizer
-    scaler_g: torch.amp.GradScaler
-    scaler_c: torch.amp.GradScaler
-    dtype: object  # the autocast dtype, None for fp32
-    vocoder: object
-    fixed_noise: torch.Tensor
-    sample_labels: torch.Tensor
-    ckpt_path: str
-    history: dict = field(default_factory=lambda: {"step": [], "epoch": [], **{m: [] for m in METRICS}})
-    running: torch.Tensor = None  # loss sums on the device since the last log interval
-    epoch: int = 0  # epochs completed
-    epoch_step: int = 0  # steps into the next epoch: a checkpoint written mid-epoch resumes there
-    step: int = 0  # generator steps in all
-    has_checkpoint: bool = False  # a good one to go back to, should a loss turn non-finite
-    stopping: bool = False  # a stop every rank agrees on
-    diverged: bool = False  # the critic's divergence has been reported this epoch
-    view: object = None  # the notebook output that each epoch's samples replace
-    tb: object = None  # a TensorBoard SummaryWriter with --tensorboard (rank 0), else None
-    pace: object = None  # times this process's first steps and says how long the run will take (Pace)
-    deadline: float = math.inf  # when --max_minutes stops the run (time.time())
-
-
-def prepare_data(cfg, rank, world, device, ckpt):
-    """(cfg, clips, vocoder, evaluator): demo data, the mel cache, the vocoder and its check, the evaluator's
-    classifier and ceiling, built by rank 0 first (the others have no vocoder and no evaluator)."""
-    with rank_zero_first(rank, world):
-        if cfg.base_path == "demo":
-            cfg = dataclasses.replace(cfg, base_path=make_demo_dataset(os.path.join(cfg.out_dir, "demo_data"),
-                                                                       cfg.sample_rate))
-        scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
-        vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
-        data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
-        cfg = dataclasses.replace(cfg, n_frames=data.n_frames)  # n_frames 0 (auto) is now the data's size
-        if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
-            raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
-                             f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
-                             f"{len(data) // world} or less, or add data.")
-        evaluator = None
-        if rank == 0:
-            check_vocoder(cfg, data, vocoder, device)
-            if cfg.eval_every:
-                evaluator = Evaluator(cfg, data, device, vocoder)  # trains its classifier, vocodes its ceiling
-    data.shard = data.shard[rank::world]
-    return cfg, data, vocoder, evaluator
-
-
-def build_run(cfg, rank, world, device, ckpt):
-    """Data, models, optimisers, gradient scalers, vocoder and fixed noise of one process, restored from ckpt if any."""
-    torch.manual_seed(cfg.seed + rank)  # ranks draw different batches and noise; DDP copies rank 0's weights
-    cfg, data, vocoder, evaluator = prepare_data(cfg, rank, world, device, ckpt)
-    generator, critic = (m.to(device) for m in build_models(cfg, len(data.classes)))
-    fused = device.type == "cuda"  # one kernel per optimiser step on GPU; no gain measured on CPU
-    opt_g, opt_c = (torch.optim.Adam(m.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-                    for m in (generator, critic))
-    dtype = amp_dtype(cfg, device)
-    scaler_g, scaler_c = (torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2))
-    # The same noise every epoch (DCGAN's fixed_noise) from its own seeded RNG: progress is audible.
-    fixed_noise, sample_labels = seeded_noise(range(len(data.classes)), cfg.samples_per_class, cfg.latent_dim, cfg.seed)
-    run = Run(cfg, rank, world, device, data, evaluator, generator, critic,
-              copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,  # for samples
-              opt_g, opt_c, scaler_g, scaler_c, dtype, vocoder,
-              fixed_noise, sample_labels, checkpoint_at(cfg.out_dir),
-              running=torch.zeros(len(METRICS), device=device))  # summed on the device; read once per log_every
-    data.place(device)  # now that the models, optimisers and vocoder hold their memory
-    print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
-          f"{sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M params, "
-          f"critic {sum(p.numel() for p in critic.parameters()) / 1e6:.2f}M")
-    if ckpt is not None:
-        check_classes(ckpt, data.classes, run.ckpt_path)  # known only now: the checkpoint was read before the data
-        restore_run(run, ckpt)
-    elif rank == 0:
-        plot_real_examples(run)
-    if world > 1:
-        run.generator, run.critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
-                                     for m in (generator, critic))
-    run.fixed_noise, run.sample_labels = run.fixed_noise.to(device), run.sample_labels.to(device)
-    return run
-
-
-def plot_real_examples(run):
-    """One real clip per class, plotted beside the samples so a listener knows what to expect."""
-    data = run.data
-    real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(data.classes))])
-    with own_rng(run.device):
-        real, _ = data.crops(real_idx)
-    plot_mels(data.scale.from_gan(real).cpu(), data.classes,
-              os.path.join(run.cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), run.cfg, "Real examples")
-
-
-class FiniteWatch:
-    """Tracks, on the device and without a host sync, the first step of a run of non-finite losses that persists.
-
-    fp16 overflows now and then; the gradient scaler then skips that update (weights untouched) and lowers its scale.
-    Only non-finite losses that persist for MAX_SKIPS steps are a real NaN. Without a scaler, the first one is."""
-
-    def __init__(self, run):
-        self.run, self.tolerance = run, MAX_SKIPS if run.scaler_g.is_enabled() else 1
-        self.first_bad = torch.tensor(NEVER, device=run.device)
-        self.streak = torch.zeros((), dtype=torch.long, device=run.device)
-
-    def update(self, losses, step):
-        self.streak = torch.where(torch.isfinite(losses).all(), 0, self.streak + 1)
-        self.first_bad = torch.where(self.streak >= self.tolerance,
-                                     torch.clamp(self.first_bad, max=step + 1 - self.streak), self.first_bad)
-
-    def check(self, means=None):
-        """Stop if any rank saw a non-finite loss; called at log intervals and before every checkpoint write."""
-        run, bad, tolerance = self.run, self.first_bad.clone(), self.tolerance
-        if run.world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
-        if bad.item() == NEVER:
-            return
-        raise SystemExit(f"Non-finite loss at step {bad.item()}"
-                         + (f" and the {tolerance - 1} steps after it (the fp16 gradient scaler skipped them)"
-                            if tolerance > 1 else "")
-                         + (f" (averages of the last {run.cfg.log_every} steps: {means})" if means else "")
-                         + ". Training stopped; " + (
-                             f"the last good checkpoint, {run.ckpt_path}, is untouched. Try a lower --lr or a higher "
-                             f"--lambda_gp, then --resume." if run.has_checkpoint else
-                             "no checkpoint was written yet. Try a lower --lr or a higher --lambda_gp."))
-
-
-def log_losses(run, watch, epoch, bar, stop):
-    """At a log interval: average the losses (over ranks, which also agree whether to stop), check them, record them."""
-    cfg = run.cfg
-    if run.world > 1:  # collectives at log intervals only: mean losses, and whether any rank must stop
-        stop_any = torch.tensor(float(bool(stop)), device=run.device)
-        dist.all_reduce(run.running)
-        dist.all_reduce(stop_any, op=dist.ReduceOp.MAX)
-        run.running /= run.world
-        run.stopping = bool(stop_any)
-    means = dict(zip(METRICS, (run.running / cfg.log_every).tolist()))
-    run.running.zero_()
-    watch.check(means)
-    if not all(map(math.isfinite, means.values())):  # and yet not stopped: fp16 overflows the scaler skipped
-        tqdm.write(f"fp16 overflow in the {cfg.log_every} steps to step {run.step}: the gradient scaler skipped those "
-                   f"updates. Training stops only if it persists for {watch.tolerance} steps.")
-    wdist = means["wdist"]
-    if abs(wdist) > cfg.max_wdist and not run.diverged:
-        run.diverged = True  # reported once an epoch, and the run goes on: the user decides
-        tqdm.write(f"Warning: the critic is diverging: Wasserstein estimate {wdist:.3g} at step {run.step} exceeds "
-                   f"--max_wdist {cfg.max_wdist:g}. Consider a lower --lr or a higher --lambda_gp.")
-    run.history["step"].append(run.step)
-    run.history["epoch"].append(epoch)
-    for m, v in means.items():
-        run.history[m].append(v)
-    tensorboard_losses(run.tb, run.step, list(means.values()))
-    bar.set_postfix({m: f"{v:.3g}" for m, v in means.items()})
-
-
-def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
-    """Train epoch's remaining steps; False if a stop (signal or --max_minutes) ends it early, True if it completes."""
-    cfg, scalers = run.cfg, (run.scaler_g, run.scaler_c)
-    run.diverged = False
-    bar = progress(range(run.epoch_step, epoch_steps), f"epoch {epoch}/{cfg.epochs}", total=epoch_steps,
-                   initial=run.epoch_step, disable=run.rank != 0)
-    run.pace.resume(run)
-    for epoch_step in bar:
-        losses = wgan_step(run.generator, run.critic, run.opt_g, run.opt_c, scalers, run.data, cfg, run.dtype,
-                           run.step)
-        if run.generator_ema is not None:  # warm-up: early on, the average must not remember the random start
-            ema_update(run.generator_ema, unwrap(run.generator), min(cfg.ema, (1 + run.step) / (10 + run.step)))
-        run.step += 1
-        run.epoch_step = epoch_step + 1
-        run.pace.step(run, epoch_steps)
-        if time.time() > deadline and not stop:  # checked like a signal: the same checkpoint and message
-            stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
-        run.running += losses
-        watch.update(losses, run.step)
-        if run.world == 1:
-            run.stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
-        if run.step % cfg.log_every == 0:
-            log_losses(run, watch, epoch, bar, stop)
-        if run.stopping and run.epoch_step < epoch_steps:
-            bar.close()
-            return False
-    run.pace.pause(run)  # the epoch-end work is not a step
-    run.epoch_step = 0
-    return True
-
-
-def write_epoch_outputs(run, epoch):
-    """Rank 0's end of an epoch: fixed-noise samples (wavs, plots), losses, evaluation, gallery, notebook view."""
-    cfg, data, classes = run.cfg, run.data, run.data.classes
-    with own_rng(run.device):  # nothing here may draw from training's RNG stream: resume stays exact
-        sampler = run.generator_ema if run.generator_ema is not None else unwrap(run.generator)
-        if run.generator_ema is not None:
-            standing_stats(run.generator_ema, len(classes), cfg.latent_dim)
-        logmels = sample_logmels(sampler, run.fixed_noise, run.sample_labels, data.scale)
-        wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
-        grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
-        write_samples(logmels, classes, run.sample_labels.cpu(), run.vocoder, cfg, wav_dir, grid_png,
-                      f"Epoch {epoch}")
-        if run.history["step"]:
-            write_losses(run.history, cfg.out_dir)
-        metrics = None
-        if run.evaluator is not None and epoch % cfg.eval_every == 0:
-            metrics = run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
-        write_gallery(cfg, classes)
-        tensorboard_epoch(run.tb, run.step, grid_png, wav_dir, classes, metrics)
-        players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
-        run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
-
-
-def clock(run):
-    """time.time() once the device has done the steps queued so far."""
-    if run.device.type == "cuda":  # steps are queued: the clock must wait for them (a few times a run)
-        torch.cuda.synchronize(run.device)
-    return time.time()
-
-
-class Pace:
-    """Times a process's first training steps (its epoch-end work left out) and, after a warm-up step and `steps`
-    timed ones (or `seconds` of them), says once how fast it trains and how long an epoch and the run will take."""
-
-    def __init__(self, steps=20, seconds=30):
-        self.steps, self.seconds = steps, seconds
-        self.done, self.start, self.warm, self.said = (0.0, 0), None, False, False  # done: (seconds, steps) timed
-
-    def resume(self, run):
-        """At an epoch's start: its steps are timed."""
-        self.start = (clock(run), run.step) if not self.said else None
-
-    def pause(self, run):
-        """At an epoch's end: what follows is not a step."""
-        if self.start is not None:
-            self.done = self.timed(run)[1:]
-            self.start = None
-
-    def timed(self, run):
-        now = clock(run)
-        return now, self.done[0] + now - self.start[0], self.done[1] + run.step - self.start[1]
-
-    def step(self, run, epoch_steps):
-        """After a step: say it once enough steps are timed."""
-        if self.start is None:
-            return
-        now, seconds, steps = self.timed(run)
-        if not self.warm:
-            self.warm = True
-            if seconds < self.seconds:  # the first step warms up: time from the next one, unless steps are slow
-                self.done, self.start = (0.0, 0), (now, run.step)
-                return
-        if steps < self.steps and seconds < self.seconds:
-            return
-        self.said, self.start = True, None
-        tqdm.write(speed_line(run, steps / seconds, epoch_steps, now))
-
-
-def speed_line(run, rate, epoch_steps, now):
-    """How fast the run trains (steps per second), how long an epoch and the rest of the run will take."""
-    cfg = run.cfg
-    left = (cfg.epochs - run.epoch - 1) * epoch_steps + epoch_steps - run.epoch_step
-    stop = "now" if run.deadline <= now else f"after {duration(run.deadline - now)} more"
-    budget = f"; --max_minutes {cfg.max_minutes:g} stops it {stop}" if now + left / rate > run.deadline else ""
-    speed = f"{rate:.2f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s per step"
-    return (f"Speed: {speed} (batch {cfg.batch_size}, {cfg.n_frames} frames, {run.device.type}): an epoch of "
-            f"{epoch_steps} step{'s' * (epoch_steps != 1)} takes about {duration(epoch_steps / rate)}, the {left} "
-            f"steps left about {duration(left / rate)}, plus sampling and a checkpoint at each epoch's end{budget}.")
-
-
-def duration(seconds):
-    """'0.4 s', '40 s', '12 min' or '3.2 h'."""
-    if seconds < 100:
-        return f"{seconds:.2g} s" if seconds < 10 else f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
-
-
-def end_epoch(run, watch, epoch, t0):
-    """The epoch's outputs and the checkpoint that marks it done (rank 0), with every rank in step."""
-    watch.check()  # one host sync an epoch: never write a checkpoint of NaN weights
-    if run.world > 1:  # BatchNorm running stats drift per rank (fakes are made outside DDP): take rank 0's
-        for buffer in unwrap(run.generator).buffers():
-            dist.broadcast(buffer, 0)
-    run.epoch = epoch
-    if run.rank == 0:
-        write_epoch_outputs(run, epoch)
-        save_checkpoint(run)
-    if run.world > 1:  # the others wait here, not inside the next step's all-reduce: STEP_TIMEOUT at most
-        dist.barrier()
-    last = {m: round(run.history[m][-1], 4) for m in METRICS} if run.history["step"] else {}
-    now = time.time()
-    took = now - t0
-    left = min((run.cfg.epochs - epoch) * took, max(0.0, run.deadline - now))  # at this epoch's pace, all included
-    left = f"about {duration(left)} left  " if epoch < run.cfg.epochs else ""
-    print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {took:.1f}s  {left}{last}")
-
-
-def run_result(run, interrupted):
-    return {"generator": unwrap(run.generator), "critic": unwrap(run.critic), "generator_ema": run.generator_ema,
-            "history": run.history, "steps": run.step, "classes": run.data.classes, "scale": run.data.scale,
-            "checkpoint": run.ckpt_path, "config": run.cfg, "interrupted": interrupted}
-
-
-def train_process(cfg, rank, world, device, ckpt, tb=None):
-    """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
-    run = build_run(cfg, rank, world, device, ckpt)
-    run.tb = tb
-    cfg, watch = run.cfg, FiniteWatch(run)
-    epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
-    deadline = run.deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
-    run.pace = Pace()
-    with stop_requests() as stop:
-        for epoch in range(run.epoch + 1, cfg.epochs + 1):
-            t0 = time.time()
-            completed = train_epoch(run, watch, epoch, epoch_steps, stop, deadline)
-            if completed:
-                end_epoch(run, watch, epoch, t0)
-            # The one stop path: a stop mid-epoch, or one that came during an epoch's last step or its outputs.
-            if (run.stopping or (world == 1 and stop)) and (not completed or epoch < cfg.epochs):
-                if not completed:
-                    watch.check()
-                    if rank == 0:
-                        save_checkpoint(run)  # mid-epoch: resume continues this very step
-                where = f"after epoch {epoch}" if completed else f"at epoch {epoch}, step {run.step}"
-                print(f"Stopped by {stop[0] if stop else 'a signal'} {where}. Checkpoint saved to {run.ckpt_path}.\n"
-                      f"Resume with the same flags plus --resume.")
-                return run_result(run, interrupted=True)
-    return run_result(run, interrupted=False)  # train() never calls train_process with no epoch left to train
-
-
-def run_complete(cfg, ckpt, path):
-    """--resume of a run that has trained --epochs already: say so and how to go on, and write nothing."""
-    print(f"Run complete: {path} has trained {ckpt['epoch']} of {cfg.epochs} epochs. To train further, pass a larger "
-          f"--epochs (e.g. --epochs {ckpt['epoch'] + cfg.epochs}) with --resume.")
-    return {"history": ckpt["history"], "steps": ckpt["step"], "classes": ckpt["classes"], "checkpoint": path,
-            "config": cfg, "interrupted": False, "complete": True}
-
-
-def train(cfg, given=None):
-    """Train and write every output; returns a dict with the models, the loss history, the classes and paths. given:
-    the fields set on the command line (parse_flags); a resumed run keeps its own values of the others."""
-    check_config(cfg)
-    rank, world, device = setup_distributed(cfg)
-    try:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(process_state(cfg, device))
-            if rank:  # only rank 0 prints and writes; the handle is closed and stdout restored on the way out
-                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
-            ckpt_path = checkpoint_at(cfg.out_dir)
-            ckpt = load_checkpoint(ckpt_path, cfg) if cfg.resume else refuse_other_run(cfg, ckpt_path)
-            cfg = keep_recipe(cfg, ckpt, given)
-            if ckpt is not None and ckpt["epoch"] >= cfg.epochs:
-                result = run_complete(cfg, ckpt, ckpt_path)
-            else:
-                with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    if rank == 0 and cfg.overwrite:
-                        clear_run(cfg.out_dir)
-                    with tensorboard_writer(cfg, ckpt, rank) as tb:
-                        result = train_process(cfg, rank, world, device, ckpt, tb)
-                print(where_to_look(cfg))
-        if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
-            gc.collect()
-            dist.barrier()
-        return result
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
-
-
-def checkpoint_at(out_dir):
-    """The checkpoint of the training run in out_dir."""
-    return os.path.join(out_dir, "checkpoint.pt")
-
-
-RUN_OUTPUTS = ("checkpoint.pt", "gan_generated_audio", "gan_spectrogram_plots", "gan_loss_plot.png", "losses.csv",
-               "eval_metrics.csv", "gan_eval_plot.png", "index.html", "tensorboard")  # not mel_cache, demo_data: caches
-
-
-def refuse_other_run(cfg, path):
-    """None, for a new run; refuse to start one over another run's checkpoint (a rerun notebook cell would replace
-    hours of training) unless --overwrite says so."""
-    if cfg.overwrite or not os.path.exists(path):
-        return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        what = f"a run that has trained {ckpt['epoch']} of {ckpt['config']['epochs']} epochs"
-    except Exception:  # damaged or foreign: it is still not this script's to replace unasked
-        what = "a checkpoint.pt"
-    raise SystemExit(f"{cfg.out_dir!r} holds {what}. Pass --resume to continue it, another --out_dir to start a new "
-                     f"run beside it, or --overwrite to delete its outputs and start over.")
-
-
-def clear_run(out_dir):
-    """Delete an earlier run's outputs (RUN_OUTPUTS) from out_dir, and say so: --overwrite asked for it."""
-    gone = [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
-    for name in gone:
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:  # a file, or a link (never the folder it points at)
-            os.remove(path)
-    if gone:
-        print(f"--overwrite: deleted the earlier run's {', '.join(gone)} in {out_dir!r}")
-
-
-RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "beta1", "beta2", "aux_weight",
-               "augment", "ema", "seed")
-
-
-def keep_recipe(cfg, ckpt, given):
-    """cfg for a resumed run: n_frames 0 (auto) is the size the run chose, and the recipe fields (RECIPE_KEYS) no
-    flag set (given) keep the checkpoint's values, said in one line; given None (train() called from Python) counts
-    every field as set."""
-    if ckpt is not None and not cfg.n_frames:  # auto: the size the run chose when it started
-        cfg = dataclasses.replace(cfg, n_frames=ckpt["config"]["n_frames"])
-    if ckpt is None or given is None:
-        return cfg
-    kept = {k: ckpt["config"][k] for k in RECIPE_KEYS if k not in given and k in ckpt["config"]
-            and ckpt["config"][k] != getattr(cfg, k)}
-    if kept:
-        print(f"Kept the run's own {', '.join(f'{k} {v}' for k, v in kept.items())} (no flag set them here; pass "
-              f"--{next(iter(kept))} ... to change one)")
-    return dataclasses.replace(cfg, **kept)
-
-
-def where_to_look(cfg):
-    """The line that ends a training run: where its gallery, samples, checkpoint and (for the demo) data are."""
-    places = [("gallery", "index.html"), ("samples", "gan_generated_audio"), ("checkpoint", "checkpoint.pt")]
-    places += [("demo data", "demo_data")] if cfg.base_path == "demo" else []
-    paths = [(what, os.path.join(cfg.out_dir, rel)) for what, rel in places]
-    return "Outputs: " + ", ".join(f"{what} {path}{os.sep * os.path.isdir(path)}" for what, path in paths
-                                   if os.path.exists(path))
-
-
-# ---------------------------------------------------------------- generate, evaluate, main
+# ---------------------------------------------------------------- generate and evaluate modes
 
 def load_generator(cfg):
     """(generator, checkpoint, cfg with the checkpoint's model sizes, its GanScale, device): generate and evaluate."""
@@ -2668,20 +2704,6 @@ def after_failure(cfg):
     if cfg.mode == "train" and os.path.isfile(path):
         return f"Files are replaced only once complete, so {path} is intact; fix the cause and rerun with --resume."
     return "Fix the cause and run again."
-
-
-def main(argv=None):
-    cfg, given = parse_flags(argv)
-    try:
-        return generate(cfg) if cfg.mode == "generate" else evaluate(cfg) if cfg.mode == "evaluate" else \
-            train(cfg, given)
-    except OSError as e:  # a full disk or a vanished folder: say what and where, not a traceback
-        raise SystemExit(f"Could not write or read {e.filename or 'a file'}: {e.strerror or e}. "
-                         f"{after_failure(cfg)}") from None
-    except KeyboardInterrupt:  # Ctrl-C before the loop's own handler (reading audio, building caches): no traceback
-        resume = cfg.mode == "train" and os.path.isfile(checkpoint_at(cfg.out_dir))
-        print(f"Interrupted; no file is left half-written.{' Rerun with --resume to go on.' * resume}", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
