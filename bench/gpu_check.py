@@ -66,7 +66,7 @@ def precisions(device):
     """The --amp settings worth timing here: bf16 only where the card computes it natively."""
     if device.type != "cuda":
         return ["off", "bf16", "fp16"]  # CPU autocast runs both, slowly: checked for finite losses
-    return ["off", "bf16", "fp16"] if tag.ampere(device) else ["off", "fp16"]
+    return ["off", "bf16", "fp16"] if tag.has_tf32(device) else ["off", "fp16"]
 
 
 def training_steps(args, device, data, out):

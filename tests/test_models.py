@@ -211,7 +211,7 @@ class FakeData:
     """What wgan_step reads from MelClips: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
 
     def __init__(self):
-        self.labels_d, self.floor = torch.arange(12) % 3, torch.full((16, 1, 1), -1.0)
+        self.labels_d, self.silence = torch.arange(12) % 3, torch.full((16, 1, 1), -1.0)
         self.mels = torch.rand(12, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1  # the same each time
 
     def sample(self, n):
