@@ -88,7 +88,7 @@ class Config:
     g_cond: str = arg("cbn", 'how the generator sees the label: "cbn" (class-conditional BatchNorm gains and biases, '
                       'BigGAN, plus the embedding beside z) or "concat" (the embedding beside z only)',
                       choices=("cbn", "concat"))
-    d_channels: int = arg(64, "critic width: its conv stack has 1x, 2x, 4x, 8x this many channels", min=1)
+    d_channels: int = arg(64, "critic width c: conv2d c, 2c, 4c, 8c channels; conv1d 4c, 4c, 8c, 8c", min=1)
     critic_arch: str = arg("conv2d", 'critic: "conv2d" (4x4 kernels over mel bins and frames), "conv1d" (mel bins as '
                            'channels, convs over time: each filter sees the whole spectrum) or "both" (scores added)',
                            choices=("conv2d", "conv1d", "both"))

@@ -71,7 +71,7 @@ def judge(data_root, out, device, n_frames, vocoder="universal"):
 def run_config(args, name, seed, extra):
     """The training configuration of one variant and seed, budgeted by --minutes or by exactly --steps."""
     cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
-                     out_dir=os.path.join(args.out, f"{name}-{seed}"),
+                     out_dir=os.path.join(args.out, f"{name}-{seed}"), overwrite=not args.score_only,  # a rerun replaces
                      **{**PRESET, "n_frames": args.n_frames, "vocoder": args.vocoder,
                         "max_minutes": 0.0 if args.steps else args.minutes, **RECIPE, **VARIANTS[name], **extra})
     if args.steps:  # exactly --steps: the last epoch may be shorter

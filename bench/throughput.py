@@ -87,7 +87,7 @@ def timed(cfg, device, loop, steps, warmup, data_dir):
     else:
         _, files, _ = tag.discover(data_dir)
         mel = tag.MelSpectrogram(cfg)
-        floor = data.floor.view(-1, 1)  # the same scaling (its statistics) as ours
+        floor = data.silence.view(-1, 1)  # the same scaling (its statistics) as ours
 
         class Files(torch.utils.data.Dataset):
             def __len__(self):
