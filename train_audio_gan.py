@@ -1100,12 +1100,7 @@ def discover(base_path, out_dir=None):
             raise SystemExit(f"--out_dir {out_dir!r} is the dataset folder itself; its output folders would be read as "
                              f"classes. Pass another --out_dir, e.g. outside {base_path!r}.")
         print(f"Not read as data: --out_dir {out_dir!r} lies inside --base_path {base_path!r}")
-    classes = [d for d in sorted(os.listdir(base_path)) if not d.startswith(".") and os.path.isdir(
-        os.path.join(base_path, d)) and os.path.realpath(os.path.join(base_path, d)) != out_real
-        and not class_link_problem(os.path.join(base_path, d), real)]
-    too_long = [f"{d[:40]!r}... {name_problem(d)}" for d in classes if name_problem(d)]
-    if too_long:
-        raise SystemExit(f"Class folder {too_long[0]} (base_path {base_path!r}).")
+    classes = class_folders(base_path, real, out_real)
     # Links are followed, but never into a folder walked already, the root or above it: a loop would repeat every
     # file (under the wrong class) or never end. The real paths of the root, its ancestors and the classes start it.
     seen_dirs, seen_files, loops, repeats = set(), set(), [], 0
@@ -1139,19 +1134,33 @@ def discover(base_path, out_dir=None):
     return classes, files, skipped
 
 
+def class_folders(base_path, root, out_real):
+    """The sorted class folder names under base_path (real path root): not hidden, not out_dir (real path out_real),
+    not a link into or above the dataset (one line each); a name too long for the sample files is refused."""
+    classes = []
+    for d in sorted(os.listdir(base_path)):
+        folder = os.path.join(base_path, d)
+        if d.startswith(".") or not os.path.isdir(folder) or os.path.realpath(folder) == out_real:
+            continue
+        why = class_link_problem(folder, root)
+        if why:
+            print(f"Not a class: {folder!r} links to {os.path.realpath(folder)!r}, {why}")
+        elif name_problem(d):
+            raise SystemExit(f"Class folder {d[:40]!r}... {name_problem(d)} (base_path {base_path!r}).")
+        else:
+            classes.append(d)
+    return classes
+
+
 def class_link_problem(folder, root):
-    """Why a class folder that is a link must not be read (one line printed), or "": a link to the dataset's root
-    (real path root) or above it would read the whole tree, or the file system, as one class; one into the dataset
-    reads another class's files again."""
-    if not os.path.islink(folder):
-        return ""
+    """Why a class folder that is a link must not be read, or "": a link to the dataset's root (real path root) or
+    above it would read the whole tree, or the file system, as one class; one into the dataset reads another class's
+    files again."""
     real = os.path.realpath(folder)
-    if os.path.commonpath([real, root]) in (real, root):
-        why = "the dataset itself or a folder above it" if os.path.commonpath([real, root]) == real else \
-            "another folder of the dataset"
-        print(f"Not a class: {folder!r} links to {real!r}, {why}")
-        return why
-    return ""
+    if not os.path.islink(folder) or os.path.commonpath([real, root]) not in (real, root):
+        return ""
+    return "the dataset itself or a folder above it" if os.path.commonpath([real, root]) == real else \
+        "another folder of the dataset"
 
 
 def walk_once(folder, seen, loops, skip=None):
@@ -1994,7 +2003,7 @@ def checkpoint_problems(ckpt):
     problems = [f"it lacks {', '.join(missing)}"] * bool(missing)
     problems += [f"{k} is not a {t.__name__}" for k, t in CHECKPOINT_TYPES.items() if k in ckpt
                  and not (type(ckpt[k]) is int and ckpt[k] >= 0 if t is int else isinstance(ckpt[k], t))]
-    problems += [f"config.{k} is a {type(v).__name__}, not a {fields[k].type}" for k, v in (config or {}).items()
+    problems += [f"config.{k} is a {type(v).__name__}, not a {fields[k].type}" for k, v in config.items()
                  if k in fields and not of_type(v, type(fields[k].default))] if isinstance(config, dict) else []
     if problems:
         return problems
