@@ -5,6 +5,7 @@ them alike with evaluator v2, beside the real floor and the vocoder ceiling.
     python bench/quality.py --minutes 3 --variants default,conv2d,aux1              # a quick screen
     python bench/quality.py --data runs/gm_notes --n_frames 128 --minutes 15        # the music set (make_gm_notes.py)
     python bench/quality.py --steps 3500 --seeds 42,43 --score_only                 # rescore the runs already in --out
+    python bench/critic_ideas.py --steps 1250 --variants feature_matching           # ideas patched in from the bench
 
 Trains on DATA/train with a short-clip CPU preset (64 frames = 0.74 s unless --n_frames) and scores against
 DATA/test with the script's own Evaluator: one classifier trained once on the real training clips (its cache is
@@ -13,7 +14,8 @@ size: N = all test clips, N training clips in the same class mix for the real fl
 HiFi-GAN for the vocoder ceiling, N generated clips (vocoded and re-analysed: the score is of what a user hears).
 Each run stops at --minutes of wall clock (or --steps generator steps) and is scored with the generator that sampling
 uses (the EMA one when there is one). Prints a markdown table: a row per run, a mean (min-max) row per variant over
-its seeds, then the vocoder ceiling and the real floor; Frechet distances as ratios to the floor and the ceiling.
+its seeds, then the vocoder ceiling and the real floor; Frechet distances as ratios to the floor and the ceiling;
+then each class's accuracy beside its vocoder ceiling.
 """
 import argparse
 import dataclasses
@@ -148,6 +150,13 @@ def print_table(args, extra, rows, ev):
           f"floor {f['frechet']:.2f} | floor {f['frechet_mel']:.2f} | {f['diversity']:.2f} |")
     for name, runs in rows.items():
         print(f"{name}, seed {runs[-1][0]}: {tag.gap_line(runs[-1][3], c, f)}")
+    print("\nAccuracy per class (each variant's mean over its seeds): where the vocoder ceiling is low, no GAN scores "
+          "high")
+    print(f"| class | {' | '.join(rows)} | vocoder ceiling | real |\n|---|{'---|' * (len(rows) + 2)}")
+    for i, name in enumerate(ev.classes):
+        mean = lambda runs: sum(r[3]["per_class"][i] for r in runs) / len(runs)
+        print(f"| {name} | {' | '.join(f'{mean(runs):.2f}' for runs in rows.values())} | "
+              f"{c['per_class'][i]:.2f} | {f['per_class'][i]:.2f} |")
 
 
 def plot_final(generator, scale, classes, cfg, title):

@@ -1,0 +1,39 @@
+"""bench/critic_ideas.py, the two critic ideas screened for issue #18: each must change what it claims and nothing else,
+or its row in bench/RESULTS.md measures something else."""
+import os
+import sys
+
+import torch
+from torch import nn
+
+from conftest import tag
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import critic_ideas  # noqa: E402  (bench/critic_ideas.py)
+
+
+def test_freq_dilated_replaces_the_first_layer_shape_for_shape():
+    x = torch.randn(2, 1, 80, 64)
+    layer = critic_ideas.FreqDilated(1, 16)
+    assert layer(x).shape == nn.Conv2d(1, 16, 4, 2, 1)(x).shape == (2, 16, 40, 32)
+    # output row 4 (centred on bin 8) hears bins 8 +- 1, 2, 4 and 8: 17 bins across, where a 4x4 kernel hears 4
+    x = torch.zeros(1, 1, 80, 64, requires_grad=True)
+    layer(x)[0, :, 4].sum().backward()
+    heard = x.grad[0, 0].abs().sum(1).nonzero().flatten().tolist()
+    assert heard == [0, 4, 6, 7, 8, 9, 10, 12, 16]
+
+
+def test_feature_matching_adds_its_term_to_the_generator_step_only():
+    torch.manual_seed(0)
+    critic = tag.Critic(3, 32, 32, channels=4, conditioning="projection")
+    wrapped = critic_ideas.FeatureMatching(critic, weight=10.0)
+    real, fake, labels = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32) + 1, torch.tensor([0, 1, 2, 0])
+    both = torch.cat([real, fake])
+    assert torch.equal(wrapped(both, labels.repeat(2))[0], critic(both, labels.repeat(2))[0])  # critic step: as is
+    assert len(wrapped.real) == 4  # the real half's mean features, one per LeakyReLU
+    critic.requires_grad_(False)  # what wgan_step does before the generator step
+    plain, matched = critic(fake, labels)[0], wrapped(fake, labels)[0]
+    fm = (plain - matched) / 10.0  # the same for every sample: a mean over the batch
+    assert torch.allclose(fm, fm[0].expand(4)) and fm[0] > 0
+    wrapped.real = [h.detach().mean(0) for h in wrapped.taken]  # real features = the fakes' own: nothing to match
+    assert torch.allclose(wrapped(fake, labels)[0], plain)
