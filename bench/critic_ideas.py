@@ -41,12 +41,12 @@ class FeatureMatching(nn.Module):
     def forward(self, mel, labels):
         self.taken.clear()
         score, logits = self.critic(mel, labels)
-        means = [h.float().mean(0) for h in self.taken]  # per layer (C, F, T), over the batch
         if next(self.critic.parameters()).requires_grad:  # a critic step (real then fake) or its penalty
             if not mel.requires_grad:  # the critic step: its first half is real
                 self.real = [h[: len(h) // 2].float().mean(0).detach() for h in self.taken]
             return score, logits
-        fm = sum((f - r).abs().mean() for f, r in zip(means, self.real)) / len(means)  # the generator step
+        # the generator step: each layer's mean over the batch (C, F, T) against the real one
+        fm = sum((h.float().mean(0) - r).abs().mean() for h, r in zip(self.taken, self.real)) / len(self.real)
         return score - self.weight * fm, logits
 
 
