@@ -109,6 +109,9 @@ class Config:
     gp_every: int = arg(1, "penalise every this many critic steps, with weight gp_every * lambda_gp (lazy, StyleGAN2)",
                         min=1)
     lr: float = arg(2e-4, "Adam learning rate, both networks", above=0, below=math.inf)
+    lr_decay: float = arg(1.0, "the last fraction of the run's --epochs over which lr falls linearly to 0 (1 = all of "
+                          "them, as in WGAN-GP's CIFAR runs; 0 = a constant lr); --max_minutes does not shorten it",
+                          min=0)
     beta1: float = arg(0.5, "Adam beta1", min=0, below=1)
     beta2: float = arg(0.999, "Adam beta2", min=0, below=1)
     seed: int = arg(42, "seed for torch's RNGs and the fixed sample noise", min=0, below=2 ** 63)
@@ -152,20 +155,23 @@ class Config:
 # for every size that no flag and no edited default sets.
 CPU_PRESET = dict(batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16))
 # The synthetic demo, on any device, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"): the CPU
-# sizes and 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps.
-DEMO_PRESET = dict(**CPU_PRESET, n_frames=(0, 64), epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4))
+# sizes and 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps;
+# a constant one, because a decaying lr halves what so few steps learn (the clicks come out broken).
+DEMO_PRESET = dict(**CPU_PRESET, n_frames=(0, 64), epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4),
+                   lr_decay=(1.0, 0.0))
 # --arch seed is the original design, trained plainly, kept for comparison: only where it differs from the defaults,
 # and lr, which equals the default but must win over the demo preset's 4e-4 (presets apply in order).
 SEED_PRESET = dict(scaling=("affine", "log1p"), critic_cond=("projection", "concat"), g_cond=("cbn", "concat"),
-                   ema=(0.999, 0.0), lr=(2e-4, 2e-4))
+                   ema=(0.999, 0.0), lr=(2e-4, 2e-4), lr_decay=(1.0, 0.0))
 PRESETS = (("cpu", CPU_PRESET), ("demo", DEMO_PRESET), ("seed", SEED_PRESET))  # in the order they apply
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
 ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
                         "critic_cond", "mbstd", "critic_arch")
-# Keys added to MEL_KEYS or ARCH_KEYS after checkpoints existed, with the value every older checkpoint was trained
-# with: a new option then never invalidates them (a checkpoint without the key is read as having this value).
-ARCH_SINCE = {"critic_arch": "conv2d"}
+# Keys added to MEL_KEYS, ARCH_KEYS or RECIPE_KEYS after checkpoints existed, with the value every older checkpoint was
+# trained with: a new option then never invalidates them (a checkpoint without the key is read as having this value),
+# and a resumed older run keeps its constant lr.
+ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0}
 
 
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
@@ -773,6 +779,8 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
                    initial=run.epoch_step, disable=run.rank != 0)
     run.pace.resume(run)
     for epoch_step in bar:
+        if cfg.lr_decay:
+            set_lr((run.opt_g, run.opt_c), decayed_lr(cfg, run.step / (cfg.epochs * epoch_steps)))
         losses = wgan_step(run.generator, run.critic, run.opt_g, run.opt_c, scalers, run.data, cfg, run.dtype,
                            run.step)
         if run.generator_ema is not None:  # warm-up: early on, the average must not remember the random start
@@ -792,6 +800,18 @@ def train_epoch(run, watch, epoch, epoch_steps, stop, deadline):
     run.pace.pause(run)  # the epoch-end work is not a step
     run.epoch_step = 0
     return True
+
+
+def decayed_lr(cfg, progress):
+    """cfg.lr, falling linearly to 0 over the last lr_decay of the run (progress: 0 at its first step, 1 at the end of
+    --epochs). By steps, not by the clock: --max_minutes is a session's limit, and a resumed run keeps to the plan."""
+    return cfg.lr * min(1.0, max(0.0, 1 - progress) / cfg.lr_decay)
+
+
+def set_lr(opts, lr):
+    for opt in opts:
+        for group in opt.param_groups:
+            group["lr"] = lr
 
 
 def should_stop(run, stop):
@@ -982,6 +1002,8 @@ def range_problems(cfg):
         problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
     if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
         problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
+    if not cfg.lr_decay <= 1:
+        problems.append(f"lr_decay={cfg.lr_decay} must be in [0, 1]: the fraction of the run over which lr decays")
     if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
         problems.append(f"fmin={cfg.fmin:g}, fmax={cfg.fmax:g} must satisfy 0 <= fmin < fmax <= sample_rate/2 "
                         f"= {cfg.sample_rate / 2:g}")
@@ -1593,6 +1615,7 @@ class Pace:
     def __init__(self, steps=20, seconds=30):
         self.steps, self.seconds = steps, seconds
         self.done, self.start, self.warm, self.said = (0.0, 0), None, False, False  # done: (seconds, steps) timed
+        self.rate = None  # steps per second, once said
 
     def resume(self, run):
         """At an epoch's start: its steps are timed."""
@@ -1620,8 +1643,8 @@ class Pace:
                 return
         if steps < self.steps and seconds < self.seconds:
             return
-        self.said, self.start = True, None
-        tqdm.write(speed_line(run, steps / seconds, epoch_steps, now))
+        self.said, self.start, self.rate = True, None, steps / seconds
+        tqdm.write(speed_line(run, self.rate, epoch_steps, now))
 
 
 def speed_line(run, rate, epoch_steps, now):
@@ -1646,7 +1669,7 @@ def duration(seconds):
 def run_result(run, interrupted):
     return {"generator": unwrap(run.generator), "critic": unwrap(run.critic), "generator_ema": run.generator_ema,
             "history": run.history, "steps": run.step, "classes": run.data.classes, "scale": run.data.scale,
-            "checkpoint": run.ckpt_path, "config": run.cfg, "interrupted": interrupted}
+            "checkpoint": run.ckpt_path, "config": run.cfg, "interrupted": interrupted, "steps_per_s": run.pace.rate}
 
 
 def run_complete(cfg, ckpt, path):
@@ -1693,8 +1716,8 @@ def clear_run(out_dir):
         print(f"--overwrite: deleted the earlier run's {', '.join(gone)} in {out_dir!r}")
 
 
-RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "beta1", "beta2", "aux_weight",
-               "augment", "ema", "seed")
+RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "lr_decay", "beta1", "beta2",
+               "aux_weight", "augment", "ema", "seed")
 
 
 def keep_recipe(cfg, ckpt, given):
@@ -2042,10 +2065,11 @@ def check_classes(ckpt, classes, path):
         raise SystemExit(f"{path} was trained on classes {ckpt['classes']}, this dataset has {classes}.")
 
 
-def set_hyperparameters(opts, cfg):
-    """Give restored optimisers this run's lr and betas (their saved ones would win); ["lr 0.0002 -> 0.0001", ...]."""
+def set_hyperparameters(opts, cfg, saved):
+    """Give restored optimisers this run's lr and betas (their saved ones would win); ["lr 0.0002 -> 0.0001", ...].
+    saved: the checkpoint's config, whose lr is the run's setting where the optimiser's may be a decayed one."""
     group = opts[0].param_groups[0]
-    was, now = (group["lr"], *group["betas"]), (cfg.lr, cfg.beta1, cfg.beta2)
+    was, now = (saved.get("lr", group["lr"]), *group["betas"]), (cfg.lr, cfg.beta1, cfg.beta2)
     for opt in opts:
         for g in opt.param_groups:
             g["lr"], g["betas"] = cfg.lr, (cfg.beta1, cfg.beta2)
@@ -2097,7 +2121,7 @@ def restore_run(run, ckpt):
         torch.set_rng_state(ckpt["rng_cpu"])
         if device.type == "cuda" and len(ckpt["rng_cuda"]):  # this device's only: the next machine may have fewer
             torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    changed = set_hyperparameters((run.opt_g, run.opt_c), run.cfg)
+    changed = set_hyperparameters((run.opt_g, run.opt_c), run.cfg, ckpt["config"])  # lr_decay sets lr at each step
     run.epoch, run.epoch_step, run.step, run.history = ckpt["epoch"], ckpt["epoch_step"], ckpt["step"], ckpt["history"]
     if ckpt["fixed_noise"].shape == run.fixed_noise.shape:  # else --samples_per_class changed: fresh noise, same seed
         run.fixed_noise = ckpt["fixed_noise"]

@@ -3,7 +3,7 @@ them alike with evaluator v2, beside the real floor and the vocoder ceiling.
 
     python bench/quality.py --minutes 15 --variants default --seeds 42,43          # a claim: two seeds at least
     python bench/quality.py --minutes 3 --variants default,conv2d,aux1              # a quick screen
-    python bench/quality.py --data runs/gm_notes --n_frames 128 --minutes 15        # the music set (make_gm_notes.py)
+    python bench/quality.py --data runs/gm_notes --n_frames 144 --minutes 15        # the music set (make_gm_notes.py)
     python bench/quality.py --steps 3500 --seeds 42,43 --score_only                 # rescore the runs already in --out
     python bench/critic_ideas.py --steps 1250 --variants feature_matching           # ideas patched in from the bench
 
@@ -12,10 +12,11 @@ DATA/test with the script's own Evaluator: one classifier trained once on the re
 shared by every variant), so every variant is judged by the same judge. Every set is level-normalised and equal in
 size: N = all test clips, N training clips in the same class mix for the real floor, the N test clips through
 HiFi-GAN for the vocoder ceiling, N generated clips (vocoded and re-analysed: the score is of what a user hears).
-Each run stops at --minutes of wall clock (or --steps generator steps) and is scored with the generator that sampling
-uses (the EMA one when there is one). Prints a markdown table: a row per run, a mean (min-max) row per variant over
-its seeds, then the vocoder ceiling and the real floor; Frechet distances as ratios to the floor and the ceiling;
-then each class's accuracy beside its vocoder ceiling.
+Each run stops at --minutes of wall clock (or --steps generator steps, in whole epochs of 250) and is scored with the
+generator that sampling uses (the EMA one when there is one). Under --minutes, a recipe whose lr decays over its epochs
+(the default) first times 60 steps of itself and plans the epochs that the minutes buy. Prints a markdown table: a row
+per run, a mean (min-max) row per variant over its seeds, then the vocoder ceiling and the real floor; Frechet
+distances as ratios to the floor and the ceiling; then each class's accuracy beside its vocoder ceiling.
 """
 import argparse
 import dataclasses
@@ -36,7 +37,7 @@ PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_
 # Every variant spells out what it compares, so the table keeps its meaning when the defaults change.
 RECIPE = dict(arch="conv1d", critic_arch="conv2d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False,
               aux_weight=0.0,
-              augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, beta1=0.5, beta2=0.999)
+              augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, lr_decay=1.0, beta1=0.5, beta2=0.999)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
     "seed": {"arch": "seed", **{k: v for k, (_, v) in tag.SEED_PRESET.items()}},  # the original design, trained plainly
@@ -57,6 +58,8 @@ VARIANTS = {
     "d32": dict(d_channels=32),
     "b32": dict(batch_size=32),
     "critic_both": dict(critic_arch="both"),
+    "constant_lr": dict(lr_decay=0.0),  # the default before issue #18's third session: lr 2e-4 to the end
+    "decay_half": dict(lr_decay=0.5),  # constant for the first half, then linearly to 0 (pix2pix)
 }
 
 
@@ -71,12 +74,12 @@ def judge(data_root, out, device, n_frames, vocoder="universal"):
 
 
 def run_config(args, name, seed, extra):
-    """The training configuration of one variant and seed, budgeted by --minutes or by exactly --steps."""
+    """The training configuration of one variant and seed, budgeted by --minutes or by --steps."""
     cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
                      out_dir=os.path.join(args.out, f"{name}-{seed}"), overwrite=not args.score_only,  # a rerun replaces
                      **{**PRESET, "n_frames": args.n_frames, "vocoder": args.vocoder,
                         "max_minutes": 0.0 if args.steps else args.minutes, **RECIPE, **VARIANTS[name], **extra})
-    if args.steps:  # exactly --steps: the last epoch may be shorter
+    if args.steps:  # whole epochs of 250 steps: exactly --steps for a multiple of 250, else rounded up
         per_epoch = min(args.steps, PRESET["epoch_steps"])
         cfg = dataclasses.replace(cfg, epoch_steps=per_epoch, epochs=-(-args.steps // per_epoch))
     return cfg
@@ -87,16 +90,29 @@ def trained(cfg, score_only):
     if score_only:
         generator, ckpt, _, scale, _ = tag.load_generator(dataclasses.replace(cfg, mode="evaluate"))
         return generator, scale, ckpt["classes"], ckpt["step"], float("nan")
+    if cfg.max_minutes and cfg.lr_decay:  # lr decays over the epochs: plan as many as the minutes buy
+        cfg = planned(cfg)
     t0 = time.time()
     result = tag.train(cfg)
     return (result["generator_ema"] or result["generator"], result["scale"], result["classes"], result["steps"],
             (time.time() - t0) / 60)
 
 
+def planned(cfg, probe_steps=60):
+    """cfg with the epochs (of 250 steps) that its --minutes buy, timed by a short run of the same configuration;
+    max_minutes still stops it, should the plan run over."""
+    rate = tag.train(dataclasses.replace(cfg, epochs=1, epoch_steps=probe_steps, max_minutes=0.0))["steps_per_s"]
+    epochs = max(1, round(rate * 60 * cfg.max_minutes / PRESET["epoch_steps"]))
+    print(f"{cfg.max_minutes:g} minutes at {rate:.2f} steps/s: {epochs} epochs of {PRESET['epoch_steps']} steps, over "
+          f"which lr decays", flush=True)
+    return dataclasses.replace(cfg, epochs=epochs)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per run (0 = no limit)")
-    p.add_argument("--steps", type=int, default=0, help="generator steps per run instead (0 = budget by --minutes)")
+    p.add_argument("--steps", type=int, default=0, help="generator steps per run instead, rounded up to whole "
+                   "epochs of 250 (0 = budget by --minutes)")
     p.add_argument("--variants", default="default", help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--set", default="", help="extra settings for every variant, e.g. aux_weight=1,augment=true")
     p.add_argument("--seeds", default="42,43", help="comma-separated; a claim needs two at least")

@@ -169,15 +169,26 @@ def test_ctrl_c_while_the_mels_are_computed_is_one_line(tmp_path, tiny_dataset):
 
 def test_resume_keeps_the_runs_own_lr_unless_a_flag_sets_it(tmp_path, tiny_dataset, capsys):
     out = tmp_path / "run"
-    tag.main(flags(tiny_dataset, out, lr=1e-4, beta1=0.0))
+    tag.main(flags(tiny_dataset, out, lr=1e-4, beta1=0.0, lr_decay=0.0))  # constant: the optimiser's lr is the setting
     capsys.readouterr()
     tag.main(flags(tiny_dataset, out, epochs=2) + ["--resume"])  # lr and beta1 not given: the run's own
     said = capsys.readouterr().out
-    assert "lr 0.0001 ->" not in said and "Kept the run's own lr 0.0001, beta1 0.0" in said
+    assert "lr 0.0001 ->" not in said and "Kept the run's own lr 0.0001, lr_decay 0.0, beta1 0.0" in said
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["lr"] == 1e-4 and ckpt["opt_g"]["param_groups"][0]["lr"] == 1e-4
     tag.main(flags(tiny_dataset, out, epochs=3, lr=5e-5) + ["--resume"])  # given: it wins, and says so
     assert "lr 0.0001 -> 5e-05" in capsys.readouterr().out
+
+
+def test_a_run_from_before_lr_decay_resumes_with_its_constant_lr(tmp_path, tiny_dataset):
+    out = tmp_path / "run"
+    tag.main(flags(tiny_dataset, out))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["lr_decay"]  # as an older version of the script wrote it
+    torch.save(ckpt, out / "checkpoint.pt")
+    tag.main(flags(tiny_dataset, out, epochs=2) + ["--resume"])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["lr_decay"] == 0.0 and ckpt["opt_g"]["param_groups"][0]["lr"] == tag.Config.lr
 
 
 def test_each_generate_run_writes_folders_of_its_own(trained, capsys):

@@ -53,12 +53,13 @@ def test_fixed_noise_is_the_same_every_epoch(tiny_dataset, tmp_path, monkeypatch
 
 def test_resume_reproduces_an_uninterrupted_run(tiny_dataset, tmp_path, capsys):
     # The default vocoder: building HiFi-GAN after the RNG state is restored once shifted every later draw.
+    # A notebook's time limit: --max_minutes stops the run mid-epoch, after its first step, and the next session
+    # resumes it (the decaying lr too, which follows the planned --epochs).
     straight = tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, vocoder="universal"))
-    tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=1, vocoder="universal"))
+    tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=2, vocoder="universal", max_minutes=1e-6))
     capsys.readouterr()
     resumed = tag.train(tiny_config(tiny_dataset, tmp_path / "b", epochs=2, resume=True, vocoder="universal"))
-    printed = capsys.readouterr().out
-    assert "Resumed from" in printed and "epoch 1/2 " not in printed  # epoch 1 was not trained again
+    assert "Resumed from" in capsys.readouterr().out and resumed["steps"] == 6  # step 1 was not trained again
     for name in ("generator", "critic"):
         for (k, x), (_, y) in zip(straight[name].state_dict().items(), resumed[name].state_dict().items()):
             assert torch.equal(x, y), f"{name}.{k} differs after resume"
@@ -75,16 +76,16 @@ def test_vocoder_construction_leaves_the_training_rng_alone():
 
 
 def test_resume_applies_new_optimiser_settings(tiny_dataset, tmp_path, capsys):
-    tag.train(tiny_config(tiny_dataset, tmp_path / "a"))
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a", lr_decay=0.0))  # a constant lr: the saved one is the setting
     capsys.readouterr()
-    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, resume=True, lr=1e-4, beta1=0.6))
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, resume=True, lr=1e-4, beta1=0.6, lr_decay=0.0))
     printed = capsys.readouterr().out
     assert printed.count("lr 0.0002 -> 0.0001") == 1 and printed.count("beta1 0.5 -> 0.6") == 1
     assert "beta2" not in printed  # unchanged settings are not listed
     ckpt = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     for opt in ("opt_g", "opt_c"):  # the saved optimiser state no longer overrides the flags
         assert all(g["lr"] == 1e-4 and tuple(g["betas"]) == (0.6, 0.999) for g in ckpt[opt]["param_groups"])
-    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=3, resume=True, lr=1e-4, beta1=0.6))
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=3, resume=True, lr=1e-4, beta1=0.6, lr_decay=0.0))
     assert "->" not in capsys.readouterr().out
 
 
@@ -202,3 +203,27 @@ def test_non_zero_ranks_stdout_goes_to_devnull_which_is_closed_afterwards(monkey
     tag.train(tag.Config(device="cpu"))
     assert seen[0] is not stdout and seen[0].name == os.devnull
     assert seen[0].closed and sys.stdout is stdout
+
+
+def test_lr_decay_falls_linearly_to_zero_and_a_resumed_run_keeps_to_it(tiny_dataset, tmp_path, monkeypatch, capsys):
+    lrs, step = [], tag.wgan_step
+    monkeypatch.setattr(tag, "wgan_step", lambda generator, critic, opt_g, opt_c, *a: lrs.append(
+        (opt_g.param_groups[0]["lr"], opt_c.param_groups[0]["lr"])) or step(generator, critic, opt_g, opt_c, *a))
+    lr = tag.Config.lr
+    tag.train(tiny_config(tiny_dataset, tmp_path / "a", epochs=2, lr_decay=0.5))  # 6 steps: 3 at lr, then down
+    assert lrs == [pytest.approx((lr * f, lr * f)) for f in (1, 1, 1, 1, 2 / 3, 1 / 3)]
+    lrs.clear()
+    cfg = tiny_config(tiny_dataset, tmp_path / "b", epochs=2, lr_decay=1.0, max_minutes=1e-6)  # stops after 1 step
+    tag.train(cfg)
+    capsys.readouterr()
+    tag.train(dataclasses.replace(cfg, max_minutes=0.0, resume=True))
+    assert [g for g, _ in lrs] == pytest.approx([lr * (1 - i / 6) for i in range(6)])
+    assert "->" not in capsys.readouterr().out  # the decayed lr in the saved optimiser is not a changed setting
+
+
+def test_lr_decay_schedule_and_its_bounds():
+    cfg = tag.Config(lr_decay=0.25)
+    assert [tag.decayed_lr(cfg, p) / cfg.lr for p in (0.0, 0.75, 0.875, 1.0, 1.5)] == pytest.approx([1, 1, 0.5, 0, 0])
+    for bad in (1.5, -0.1, math.nan):
+        with pytest.raises(SystemExit, match=f"lr_decay={bad}"):
+            tag.check_config(dataclasses.replace(cfg, lr_decay=bad))
