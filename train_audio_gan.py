@@ -95,7 +95,7 @@ class Config:
     critic_cond: str = arg("projection", 'how the critic sees the label: "projection" or "concat" (a learned plane)',
                            choices=("concat", "projection"))
     mbstd: bool = arg(False, "minibatch standard deviation feature in the critic (ProGAN), against mode collapse")
-    aux_weight: float = arg(0.0, "weight of the critic's auxiliary classifier loss (AC-GAN; GANSynth uses 10); 0 = off",
+    aux_weight: float = arg(1.0, "weight of the critic's auxiliary classifier loss (AC-GAN; GANSynth uses 10); 0 = off",
                             min=0, below=math.inf)
     augment: bool = arg(False, "DiffAugment for the critic: random time shift and time cutout of real and fake mels")
     ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off", min=0,
@@ -156,13 +156,14 @@ class Config:
 CPU_PRESET = dict(batch_size=(128, 16), g_channels=(64, 32), d_channels=(64, 16))
 # The synthetic demo, on any device, to finish in about 1.5 minutes on 2 cores (bench/RESULTS.md, "Demo time"): the CPU
 # sizes and 4 epochs of 60 steps. The higher lr gets the four classes apart (and the clicks sharp) in those 240 steps;
-# a constant one, because a decaying lr halves what so few steps learn (the clicks come out broken).
+# a constant one, because a decaying lr halves what so few steps learn (the clicks come out broken); no auxiliary
+# classifier loss, as when its time and grid were measured.
 DEMO_PRESET = dict(**CPU_PRESET, n_frames=(0, 64), epochs=(100, 4), epoch_steps=(0, 60), lr=(2e-4, 4e-4),
-                   lr_decay=(1.0, 0.0))
+                   lr_decay=(1.0, 0.0), aux_weight=(1.0, 0.0))
 # --arch seed is the original design, trained plainly, kept for comparison: only where it differs from the defaults,
 # and lr, which equals the default but must win over the demo preset's 4e-4 (presets apply in order).
 SEED_PRESET = dict(scaling=("affine", "log1p"), critic_cond=("projection", "concat"), g_cond=("cbn", "concat"),
-                   ema=(0.999, 0.0), lr=(2e-4, 2e-4), lr_decay=(1.0, 0.0))
+                   ema=(0.999, 0.0), lr=(2e-4, 2e-4), lr_decay=(1.0, 0.0), aux_weight=(1.0, 0.0))
 PRESETS = (("cpu", CPU_PRESET), ("demo", DEMO_PRESET), ("seed", SEED_PRESET))  # in the order they apply
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
@@ -171,7 +172,7 @@ ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim"
 # Keys added to MEL_KEYS, ARCH_KEYS or RECIPE_KEYS after checkpoints existed, with the value every older checkpoint was
 # trained with: a new option then never invalidates them (a checkpoint without the key is read as having this value),
 # and a resumed older run keeps its constant lr.
-ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0}
+ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0}
 
 
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss

@@ -36,7 +36,7 @@ PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_
               vocoder="universal", eval_samples=0, epochs=1000, epoch_steps=250)
 # Every variant spells out what it compares, so the table keeps its meaning when the defaults change.
 RECIPE = dict(arch="conv1d", critic_arch="conv2d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False,
-              aux_weight=0.0,
+              aux_weight=1.0,
               augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, lr_decay=1.0, beta1=0.5, beta2=0.999)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
@@ -45,6 +45,7 @@ VARIANTS = {
     "per_bin": dict(scaling="per_bin"),
     "conv2d": dict(arch="conv2d"),
     "no_cbn": dict(g_cond="concat"),
+    "no_aux": dict(aux_weight=0.0),  # the default before issue #18's fourth session: no auxiliary classifier loss
     "aux1": dict(aux_weight=1.0),
     "aux10": dict(aux_weight=10.0),
     "augment": dict(augment=True),

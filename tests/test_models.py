@@ -243,7 +243,7 @@ def test_auxiliary_classifier_loss_trains_the_critic_head(aux_weight):
 def test_lazy_penalty_every_k_steps_weighted_k_times(monkeypatch):
     calls = []
     monkeypatch.setattr(tag, "gradient_penalty", lambda *a: calls.append(1) or torch.tensor(0.5, requires_grad=True))
-    step, _ = step_setup(gp_every=3, lambda_gp=10.0)
+    step, _ = step_setup(gp_every=3, lambda_gp=10.0, aux_weight=0.0)  # no classification term in loss/critic
     for s in range(6):
         loss_c, _, wdist, gp = step(s)
         penalised = s % 3 == 0
