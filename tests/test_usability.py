@@ -54,7 +54,7 @@ def test_presets_fill_only_the_shipped_defaults_so_an_edited_default_wins():
     assert tag.parse_config(["--epochs", "7"], config=Edited).epochs == 7  # a flag still wins
     assert tag.parse_config([]).epochs == tag.DEMO_PRESET["epochs"][1]  # unedited: the demo preset
     demo, own_data = tag.parse_config([]), tag.parse_config(["--base_path", "x"])
-    assert (demo.lr_decay, demo.aux_weight) == (0.0, 0.0)  # the demo trains the recipe its time and grid were taken with
+    assert (demo.lr_decay, demo.aux_weight) == (0.0, 0.0)  # the recipe the demo was timed and judged with
     assert (own_data.lr_decay, own_data.aux_weight) == (1.0, 1.0)  # a run on your data: the measured defaults
     assert tag.parse_config(["--arch", "seed", "--base_path", "x"], config=Edited).scaling == "per_bin"
     assert tag.parse_config(["--arch", "seed", "--base_path", "x"]).scaling == "log1p"
