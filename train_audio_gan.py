@@ -171,7 +171,7 @@ ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim"
                         "critic_cond", "mbstd", "critic_arch")
 # Keys added to MEL_KEYS, ARCH_KEYS or RECIPE_KEYS after checkpoints existed, with the value every older checkpoint was
 # trained with: a new option then never invalidates them (a checkpoint without the key is read as having this value),
-# and a resumed older run keeps its constant lr.
+# and a resumed older run keeps its constant lr and its training without the auxiliary classifier loss.
 ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0}
 
 
@@ -810,6 +810,7 @@ def decayed_lr(cfg, progress):
 
 
 def set_lr(opts, lr):
+    """Every parameter group of every optimiser in opts at lr."""
     for opt in opts:
         for group in opt.param_groups:
             group["lr"] = lr

@@ -2,7 +2,7 @@
 them alike with evaluator v2, beside the real floor and the vocoder ceiling.
 
     python bench/quality.py --minutes 15 --variants default --seeds 42,43          # a claim: two seeds at least
-    python bench/quality.py --minutes 3 --variants default,conv2d,aux1              # a quick screen
+    python bench/quality.py --minutes 3 --variants default,conv2d,no_aux            # a quick screen
     python bench/quality.py --data runs/gm_notes --n_frames 144 --minutes 15        # the music set (make_gm_notes.py)
     python bench/quality.py --steps 3500 --seeds 42,43 --score_only                 # rescore the runs already in --out
     python bench/critic_ideas.py --steps 1250 --variants feature_matching           # ideas patched in from the bench
@@ -46,7 +46,7 @@ VARIANTS = {
     "conv2d": dict(arch="conv2d"),
     "no_cbn": dict(g_cond="concat"),
     "no_aux": dict(aux_weight=0.0),  # the default before issue #18's fourth session: no auxiliary classifier loss
-    "aux1": dict(aux_weight=1.0),
+    "aux1": dict(aux_weight=1.0),  # the default since then; kept, so that the commands in RESULTS.md still run
     "aux10": dict(aux_weight=10.0),
     "augment": dict(augment=True),
     "mbstd": dict(mbstd=True),
