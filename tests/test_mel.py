@@ -32,6 +32,7 @@ def reference_mel(wav, sr=22050, n_fft=1024, hop=256, win=1024, n_mels=80, fmin=
     return np.log(np.clip(mel, 1e-5, None))
 
 
+@pytest.mark.core
 def test_mel_matches_hifigan_recipe():
     rng = np.random.default_rng(0)
     t = np.arange(22050) / 22050
@@ -76,6 +77,7 @@ def test_load_audio_rejects_unusable(tmp_path):
         tag.load_audio(str(junk), 22050)
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("kind", ["per_bin", "affine", "log1p"])
 def test_gan_scaling_round_trip(kind):
     torch.manual_seed(0)
@@ -90,6 +92,7 @@ def test_gan_scaling_round_trip(kind):
     assert torch.equal(again.from_gan(scale.to_gan(logmel)), scale.from_gan(scale.to_gan(logmel)))
 
 
+@pytest.mark.core
 def test_per_bin_scaling_normalises_each_bin():
     torch.manual_seed(0)
     spread, centre = torch.tensor([[0.6], [1.0], [2.0], [3.0]]), torch.tensor([[-9.0], [-5.0], [-3.0], [0.0]])
@@ -111,6 +114,7 @@ def test_dataset_clips_per_bin_values_to_tanh_range(tiny_dataset, tmp_path):
     assert inside.float().mean() > 0.9
 
 
+@pytest.mark.core
 def test_affine_scaling_fits_tanh_range():
     # Silence maps to -1 exactly, and a loud peak-normalised log-mel (about 2.1) still fits under tanh's +1.
     assert tag.GanScale("affine").to_gan(torch.tensor(math.log(1e-5))).item() == pytest.approx(-1.0)

@@ -15,11 +15,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cpu(tiny_dataset, tmp_path, amp):
-    result = tag.train(tiny_config(tiny_dataset, tmp_path / amp, amp=amp, epochs=2))
+    # 32 frames, not 16: oneDNN 3.12's bf16 convolution (torch 2.13 on CPUs with AMX) returns wrong values, then NaN,
+    # when an output is one column wide, as the critic's last layer is at 16 frames. No run trains below 32 on a CPU.
+    result = tag.train(tiny_config(tiny_dataset, tmp_path / amp, amp=amp, epochs=2, n_frames=32))
     assert torch.isfinite(torch.tensor([result["history"][m] for m in tag.METRICS])).all()
     ckpt = torch.load(tmp_path / amp / "checkpoint.pt", weights_only=True)
     assert bool(ckpt["scalers"][0]) == (amp == "fp16")  # fp16 needs and saves a gradient scaler; bf16 does not
-    tag.train(tiny_config(tiny_dataset, tmp_path / amp, amp=amp, epochs=3, resume=True))
+    tag.train(tiny_config(tiny_dataset, tmp_path / amp, amp=amp, epochs=3, n_frames=32, resume=True))
 
 
 def test_amp_auto_is_off_on_cpu():
@@ -67,6 +69,7 @@ def test_fp16_nan_that_persists_still_stops(tiny_dataset, tmp_path, monkeypatch)
         tag.train(cfg)
 
 
+@pytest.mark.core
 def test_gradient_penalty_runs_in_fp32_under_autocast():
     seen = []
     critic = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(1))

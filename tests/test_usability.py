@@ -18,7 +18,6 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 # ---------------------------------------------------------------- Config: choices, bounds and presets in one place
 
 def test_choices_and_bounds_live_in_each_fields_metadata():
-    assert not hasattr(tag, "CHOICES")  # no parallel list of field names
     checked = 0
     for f in dataclasses.fields(tag.Config):
         m = f.metadata
@@ -224,7 +223,8 @@ def test_the_run_says_how_long_it_will_take(tiny_dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     speed = re.search(r"Speed: ([\d.]+) steps/s \(batch 4, 16 frames, cpu\): an epoch of 12 steps takes about "
                       r"([\d.]+) s, the (\d+) steps left about ([\d.]+) s", out)
-    assert speed and float(speed[1]) > 0 and int(speed[3]) == 36 - 21  # 1 warm-up step and 20 timed ones
+    rate, left, seconds = float(speed[1]), int(speed[3]), float(speed[4])
+    assert rate > 0 and 0 < left < 36 and seconds == pytest.approx(left / rate, rel=0.06, abs=0.06)  # at that rate
     assert re.search(r"epoch 1/3  step 12  [\d.]+s  about [\d.]+ s left", out)
     assert re.search(r"epoch 3/3  step 36  [\d.]+s  \{", out)  # nothing left to wait for
     assert out.count("Speed:") == 1
@@ -251,7 +251,8 @@ def test_a_slow_first_step_is_estimated_at_once_and_epoch_end_work_is_not_a_step
 def test_n_frames_auto_is_the_95th_percentile_rounded_up_to_16_in_32_to_512():
     cfg = tag.Config()
     assert cfg.n_frames == 0  # auto is the shipped default
-    cases = (([57] * 20, 64), ([129] * 10, 144), ([5] * 10, 32), ([2000] * 3, 512), ([30] * 94 + [90] * 6, 96))
+    cases = (([57] * 20, 64), ([129] * 10, 144), ([5] * 10, 32), ([2000] * 3, 512), ([30] * 94 + [90] * 6, 96),
+             ([43] * 12 + [41369], 48))  # one 20-minute clip among 12 short ones does not set the size
     for lengths, frames in cases:
         assert tag.auto_frames(torch.tensor(lengths), cfg) == frames, lengths
 
@@ -262,7 +263,7 @@ def test_n_frames_auto_is_said_stored_and_kept_on_resume(tmp_path, tiny_dataset,
     said = capsys.readouterr().out
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["n_frames"] == 64 and result["config"].n_frames == 64  # the clips: 0.3-0.7 s
-    assert "n_frames 64 (0.74 s), from the data: 95 % of its clips have at most" in said
+    assert "n_frames 64 (0.74 s), from the data: 12 of its 12 clips fit whole, longer ones are cropped" in said
     tag.train(tiny_config(tiny_dataset, out, n_frames=0, epochs=2, resume=True))  # auto again: the run's own size
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 2
     with pytest.raises(SystemExit, match="n_frames: checkpoint 64, now 16"):  # an explicit size still has to match

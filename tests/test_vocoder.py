@@ -89,14 +89,32 @@ def test_missing_weights_fall_back_to_griffin_lim_with_one_warning(monkeypatch):
     assert wav.shape == (3, 12 * 256) and torch.isfinite(wav).all()
 
 
-def test_corrupt_or_mismatched_vocoder_falls_back(tmp_path):
-    bad = tmp_path / "gen.pth"
-    torch.save({"generator": {"nonsense": torch.zeros(1)}}, bad)
-    with pytest.warns(UserWarning, match="not a loadable HiFi-GAN"):
-        assert tag.load_vocoder(tag.Config(vocoder=str(bad)), torch.device("cpu")) is None
-    if tag.vocoder_path("universal") is not None:
-        with pytest.warns(UserWarning, match="expects"):
-            assert tag.load_vocoder(tag.Config(n_mels=64), torch.device("cpu")) is None
+def hifigan_file(folder, **config):
+    """A HiFi-GAN generator file with a config.json beside it (V1's, with config's changes), random weights."""
+    h = {**tag.HIFIGAN_V1, "num_mels": 80, "hop_size": 256, "sampling_rate": 22050, **config}
+    (folder / "config.json").write_text(json.dumps(h))
+    torch.save({"generator": tag.HiFiGAN(h, h["num_mels"]).state_dict()}, folder / "g.pt")
+    return str(folder / "g.pt")
+
+
+@pytest.mark.parametrize("case", ["corrupt", "malformed config", "other mel", "upsampling is not the hop"])
+def test_an_unusable_vocoder_stops_the_run_in_one_line_and_never_falls_back(tmp_path, case):
+    if case == "corrupt":
+        path, match = tmp_path / "gen.pth", "not a loadable HiFi-GAN generator"
+        torch.save({"generator": {"nonsense": torch.zeros(1)}}, path)
+    elif case == "malformed config":
+        path, match = hifigan_file(tmp_path), r"config.json\) is not a loadable HiFi-GAN generator"
+        (tmp_path / "config.json").write_text("{not json")
+    elif case == "other mel":
+        path, match = hifigan_file(tmp_path, num_mels=64), r"expects \(n_mels, hop, rate\) = \(64, 256, 22050\)"
+    else:  # its config says hop 256, its layers upsample 8 x 8 x 2 = 128
+        path = hifigan_file(tmp_path, upsample_rates=[8, 8, 2], upsample_kernel_sizes=[16, 16, 4])
+        match = "makes 128 samples a mel frame, not --hop_length 256"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: a stop
+        with pytest.raises(SystemExit, match=match) as e:
+            tag.load_vocoder(tag.Config(vocoder=str(path)), torch.device("cpu"))
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
 
 
 def test_griffin_lim_recovers_a_tone():
