@@ -131,8 +131,8 @@ class Config:
                        'another) or "griffinlim"')
     vocoder_batch: int = arg(8, "mels vocoded at once; bounds the vocoder's memory", min=1)
     resume: bool = arg(False, "continue from out_dir/checkpoint.pt")
-    overwrite: bool = arg(False, "start a new run in an out_dir that holds another run: its checkpoint, samples, "
-                          "plots, losses, metrics and gallery are deleted first")
+    overwrite: bool = arg(False, "start a new run in an out_dir that holds another run: the files this script wrote "
+                          "there are deleted, once the new run's data and settings are checked")
     max_minutes: float = arg(0.0, "stop (with a checkpoint) after this many minutes of training; 0 = no limit", min=0)
     tensorboard: bool = arg(False, "also log losses, evaluation metrics, spectrogram grids and samples to "
                             "out_dir/tensorboard (needs pip install tensorboard)")
@@ -145,9 +145,11 @@ class Config:
     # generate and evaluate modes
     mode: str = arg("train", '"train", "generate" (samples from a checkpoint) or "evaluate" (score a checkpoint)',
                     choices=("train", "generate", "evaluate"))
-    checkpoint: str = arg("", 'checkpoint for generate and evaluate modes; "" = out_dir/checkpoint.pt')
+    checkpoint: str = arg("", 'checkpoint (or a run\'s folder) for generate and evaluate modes; "" = '
+                          'out_dir/checkpoint.pt')
     n_generate: int = arg(4, "generate mode: wav files per class", min=1)
-    generate_class: str = arg("", 'generate mode: only this class; "" = every class')
+    generate_class: str = arg("", 'generate mode: only this class ("--generate_class=-x" for a name starting with '
+                              '"-"); "" = every class')
 
 
 # Presets map a field to (the default this script ships with, the preset's value). A preset fills a field only while
