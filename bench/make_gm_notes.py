@@ -40,24 +40,24 @@ def varlen(n):
     return bytes(reversed(out))
 
 
-def midi_file(program, notes):
-    """A format-0 MIDI file: program change, then each (pitch, velocity) held NOTE seconds, one every GAP seconds."""
+def midi_file(program, notes, note=NOTE, gap=GAP):
+    """A format-0 MIDI file: program change, then each (pitch, velocity) held `note` seconds, one every `gap`."""
     ticks = lambda s: round(s * 2 * TICKS)
     events, now = [varlen(0) + bytes([0xC0, program])], 0
     for i, (pitch, velocity) in enumerate(notes):
-        on, off = ticks(i * GAP), ticks(i * GAP + NOTE)
+        on, off = ticks(i * gap), ticks(i * gap + note)
         events += [varlen(on - now) + bytes([0x90, pitch, velocity]), varlen(off - on) + bytes([0x80, pitch, 0])]
         now = off
-    events.append(varlen(ticks(GAP)) + b"\xff\x2f\x00")  # end of track after the last release
+    events.append(varlen(ticks(gap)) + b"\xff\x2f\x00")  # end of track after the last release
     track = b"".join(events)
     return b"MThd" + struct.pack(">IHHH", 6, 0, 1, TICKS) + b"MTrk" + struct.pack(">I", len(track)) + track
 
 
-def render(program, notes, soundfont, tmp):
+def render(program, notes, soundfont, tmp, note=NOTE, gap=GAP):
     """The notes rendered by FluidSynth as one mono float array at SR."""
     mid, wav = os.path.join(tmp, "notes.mid"), os.path.join(tmp, "notes.wav")
     with open(mid, "wb") as f:
-        f.write(midi_file(program, notes))
+        f.write(midi_file(program, notes, note, gap))
     subprocess.run(["fluidsynth", "-ni", "-q", "-R", "0", "-C", "0", "-g", "0.6", "-r", str(SR), "-F", wav, "-T", "wav",
                     soundfont, mid], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     audio, sr = sf.read(wav, dtype="float32", always_2d=True)

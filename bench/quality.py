@@ -4,6 +4,7 @@ them alike with evaluator v2, beside the real floor and the vocoder ceiling.
     python bench/quality.py --minutes 15 --variants default --seeds 42,43          # a claim: two seeds at least
     python bench/quality.py --minutes 3 --variants default,conv2d,no_aux            # a quick screen
     python bench/quality.py --data runs/gm_notes --n_frames 144 --minutes 15        # the music set (make_gm_notes.py)
+    python bench/quality.py --data runs/drums --n_frames 176 --out runs/drums_judge  # the drum set (make_drums.py)
     python bench/quality.py --steps 3500 --seeds 42,43 --score_only                 # rescore the runs already in --out
     python bench/critic_ideas.py --steps 1250 --variants feature_matching           # ideas patched in from the bench
 
