@@ -2945,13 +2945,14 @@ def evaluate(cfg):
         if not os.path.isdir(saved.base_path):  # relative to where it trained, perhaps: not a path the user typed
             raise SystemExit(f"The checkpoint's dataset, --base_path {saved.base_path!r} as given when it trained, is "
                              f"not at {os.path.abspath(saved.base_path)!r} from here: pass --base_path PATH.")
-    with process_state(saved, device):  # autotuning and TF32 (sm80+) as in training, put back afterwards
+    # The lock, as generate takes it: eval_metrics.csv and the gallery are the run's, and --overwrite must know them.
+    with claim_out_dir(cfg.out_dir), process_state(saved, device):  # autotuning and TF32 (sm80+) as in training
         data = MelClips(saved, device, scale)
         if data.classes != ckpt["classes"]:
             raise SystemExit(f"{saved.base_path!r} has classes {data.classes}; the checkpoint {ckpt['classes']}.")
         vocoder = load_vocoder(saved, device)
         metrics = Evaluator(saved, data, device, vocoder).evaluate(generator, scale, vocoder, ckpt["epoch"])
-    refresh_gallery(cfg, ckpt)
+        refresh_gallery(cfg, ckpt)
     return metrics
 
 

@@ -71,6 +71,14 @@ def test_a_kill_midway_through_overwrite_leaves_the_checkpoint_so_a_plain_rerun_
     assert sorted(os.listdir(earlier / "gan_generated_audio")) == ["epoch_001"] and epoch_of(earlier) == 1
 
 
+def test_what_evaluate_mode_writes_is_the_runs_and_overwrite_deletes_it(earlier, tiny_dataset):
+    tag.evaluate(tag.Config(mode="evaluate", out_dir=str(earlier), eval_steps=5, eval_samples=2, vocoder="griffinlim",
+                            device="cpu"))
+    assert (earlier / "eval_metrics.csv").is_file()
+    tag.train(tiny_config(tiny_dataset, earlier, overwrite=True))  # no evaluation in the new run
+    assert not (earlier / "eval_metrics.csv").exists() and not (earlier / "gan_eval_plot.png").exists()
+
+
 def test_a_checkpoint_that_is_a_link_is_written_through(tmp_path, tiny_dataset):
     drive = tmp_path / "drive"
     drive.mkdir()
