@@ -221,6 +221,8 @@ def parse_flags(argv=None, config=Config):
 
 
 class FlagParser(argparse.ArgumentParser):
+    """argparse, with a hint where it cannot tell a value that starts with '-' from a flag."""
+
     def error(self, message):
         if "expected one argument" in message:  # --generate_class -kick: argparse takes -kick for a flag
             message += " (a value that starts with '-' needs the = form: --generate_class=-kick)"
@@ -2413,7 +2415,11 @@ def kernel_distance(a, b, subsets=100, size=1000, seed=0):
         return float("nan")
     a, b, rng = a.double().cpu(), b.double().cpu(), torch.Generator().manual_seed(seed)
     k = lambda x, y: (x @ y.T / a.shape[1] + 1) ** 3
-    within = lambda x: (k(x, x).sum() - k(x, x).diagonal().sum()) / (n * (n - 1))  # the diagonal is biased
+
+    def within(x):  # the mean of k over pairs of distinct rows: the diagonal k(x, x) is what biases the estimate
+        kxx = k(x, x)
+        return (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+
     total = []
     for _ in range(1 if n == len(a) == len(b) else subsets):  # whole sets: every subset is the same one
         x, y = a[torch.randperm(len(a), generator=rng)[:n]], b[torch.randperm(len(b), generator=rng)[:n]]
@@ -2843,10 +2849,10 @@ def check_writable(out_dir):
 
 @contextlib.contextmanager
 def claim_out_dir(out_dir):
-    """Hold out_dir for this training or generate run alone (an advisory lock on out_dir/.lock, which holds the pid); a
-    second run is refused, as two would interleave their checkpoints and samples. The OS drops the lock when the
-    process ends, even by kill -9, so it never goes stale. Without fcntl (Windows) runs are not kept apart. While it is
-    held, what atomic() writes there is noted in its MANIFEST."""
+    """Hold out_dir for this run alone, training, generate or evaluate (an advisory lock on out_dir/.lock, which holds
+    the pid); a second run is refused, as two would interleave their checkpoints and samples. The OS drops the lock
+    when the process ends, even by kill -9, so it never goes stale. Without fcntl (Windows) runs are not kept apart.
+    While it is held, what atomic() writes there is noted in its MANIFEST."""
     lock = os.path.join(out_dir, ".lock")
     try:
         os.makedirs(out_dir, exist_ok=True)

@@ -3,7 +3,6 @@ short training run that must learn. Marked `core`: `python -m pytest -q -m core 
 algorithm tests) alone, and bench/mutations.py checks that they catch a broken GAN."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 

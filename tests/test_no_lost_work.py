@@ -1,14 +1,16 @@
 """Reliability, round four: `--overwrite` deletes only what this script wrote, and only once the new run is checked;
 generate runs never share or reuse a folder; a checkpoint that is a link stays one; a notebook's mistyped flag is
 refused; a checkpoint.pt that is a folder or is damaged is named for what it is."""
+import argparse
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import tag, tiny_config
+from conftest import tag, tiny_config, write_tone
 from test_reliability import HOLD_LOCK
 
 
@@ -177,7 +179,6 @@ def test_a_wrongly_shaped_ceiling_cache_is_vocoded_afresh(tmp_path, tiny_dataset
 
 
 def test_many_classes_draw_at_most_plot_rows(tmp_path, monkeypatch, capsys):
-    from conftest import write_tone
     for i in range(tag.PLOT_ROWS + 6):  # more classes than a figure shows, one clip each
         write_tone(str(tmp_path / "data" / f"c{i:02d}" / "a.wav"), 200 + 50 * i, seconds=0.2)
     drawn, plot = [], tag.plot_mels
@@ -209,7 +210,6 @@ def test_a_full_disk_during_generate_says_so_and_what_was_written(earlier, monke
 
 
 def test_evaluation_sets_are_told_apart(earlier, tiny_dataset, tmp_path, monkeypatch):
-    import shutil
     with pytest.raises(SystemExit, match="eval_path='.*' is base_path: held-out clips must not be training clips"):
         tag.check_config(tiny_config(tiny_dataset, earlier, eval_path=tiny_dataset))
     other = tmp_path / "held_out"
@@ -237,7 +237,6 @@ def test_an_epoch_shorter_than_log_every_still_reads_and_writes_its_losses(tiny_
 
 @pytest.mark.parametrize("names", [("caf\u00e9", "cafe\u0301"), ("Dog", "dog")])
 def test_class_folders_that_differ_only_in_case_or_unicode_form_are_refused(tmp_path, names):
-    from conftest import write_tone
     for name in names:
         write_tone(str(tmp_path / "data" / name / "a.wav"), 440)
     with pytest.raises(SystemExit, match="differ only in letter case or Unicode form"):
@@ -266,7 +265,6 @@ def test_bigvgan_folders_and_pickles_are_refused_for_what_they_are(tmp_path):
         assert "connection" not in str(e.value)
     (tmp_path / "pickled").mkdir()
     folder = type(tmp_path)(bigvgan_folder(tmp_path / "pickled"))
-    import argparse
     torch.save({"generator": argparse.Namespace(x=1)}, folder / "bigvgan_generator.pt")
     with pytest.raises(SystemExit, match="never unpickles") as e:
         tag.load_vocoder(tag.Config(vocoder=f"bigvgan:{folder}"), torch.device("cpu"))
