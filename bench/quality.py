@@ -62,6 +62,8 @@ VARIANTS = {
     "critic_both": dict(critic_arch="both"),
     "constant_lr": dict(lr_decay=0.0),  # the default before issue #18's third session: lr 2e-4 to the end
     "decay_half": dict(lr_decay=0.5),  # constant for the first half, then linearly to 0 (pix2pix)
+    "b128": dict(batch_size=128),  # the GPU preset's batch at the CPU widths (issue #32: the GPU recipe per step)
+    "gpu": dict(batch_size=128, g_channels=64, d_channels=64),  # the GPU preset's sizes, all of them
 }
 
 
