@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import train_audio_gan as tag  # noqa: E402
 
 T_IMPORT = time.perf_counter() - T_START
-PARTS = ("make_demo_dataset", "MelClips", "load_vocoder", "check_vocoder", "wgan_step", "ema_update", "standing_stats",
+PARTS = ("make_demo_dataset", "MelClips", "load_vocoder", "check_vocoder", "train_step", "ema_update", "standing_stats",
          "sample_logmels", "write_samples", "vocode", "plot_mels", "write_thumbnails", "write_wavs", "write_losses",
          "write_gallery", "save")
 
@@ -56,8 +56,8 @@ def main():
     for name in PARTS:
         if counts[name]:
             print(f"{name:18s} {counts[name]:6d} {totals[name]:8.2f} {totals[name] / epochs:11.2f}")
-    steps = totals["wgan_step"] + totals["ema_update"]
-    print(f"\ntrain() {run:.1f} s = steps {steps:.1f} s ({counts['wgan_step'] / max(steps, 1e-9):.2f} steps/s) "
+    steps = totals["train_step"] + totals["ema_update"]
+    print(f"\ntrain() {run:.1f} s = steps {steps:.1f} s ({counts["train_step"] / max(steps, 1e-9):.2f} steps/s) "
           f"+ epoch-end work {end_work:.1f} s ({end_work / epochs:.2f} s/epoch) + setup and other "
           f"{run - steps - end_work:.1f} s; with imports {time.perf_counter() - T_START:.1f} s")
 

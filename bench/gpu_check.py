@@ -185,7 +185,8 @@ def ddp_worker(args):
                 for m in models]
         dtype = tag.amp_dtype(cfg, device)
         scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
-        step = lambda i: tag.wgan_step(*models, *opts, scalers, dataset, cfg, dtype, i)
+        gan = tag.Gan(*models, *opts, *scalers, dtype)
+        step = lambda i: tag.train_step(gan, dataset, cfg, i)
         for i in range(args.warmup):
             step(i)
         throughput.sync(device)

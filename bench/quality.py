@@ -41,7 +41,7 @@ RECIPE = dict(arch="conv1d", critic_arch="conv2d", scaling="affine", g_cond="cbn
               augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, lr_decay=1.0, beta1=0.5, beta2=0.999)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
-    "seed": {"arch": "seed", **{k: v for k, (_, v) in tag.SEED_PRESET.items()}},  # the original design, trained plainly
+    "seed": dict(tag.PRESETS["seed"]),  # the original design, trained plainly
     "v1": dict(arch="seed", scaling="affine", g_cond="concat"),  # the previous defaults (ConvTranspose, affine)
     "per_bin": dict(scaling="per_bin"),
     "conv2d": dict(arch="conv2d"),

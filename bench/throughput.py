@@ -3,7 +3,7 @@
     python bench/throughput.py                       # demo size, 3 repeats each, on cuda if present else cpu
     python bench/throughput.py --size original --repeats 1 --steps 1
 
-"ours" is the script's own step (wgan_step): every mel in memory on the device, real and fake batched into one
+"ours" is the script's own step (train_step): every mel in memory on the device, real and fake batched into one
 critic forward, no critic weight gradients in the generator step, losses left on the device. "reference" is how
 such a loop is usually written: fp32, a torch DataLoader whose dataset decodes, resamples and transforms the audio
 file for every example of every batch, separate critic calls for real and fake, and `.item()` on the losses every
@@ -67,7 +67,8 @@ def timed(cfg, device, loop, steps, warmup, data_dir):
         dtype = tag.amp_dtype(cfg, device)
         scalers = [torch.amp.GradScaler(device.type, enabled=dtype == torch.float16) for _ in range(2)]
         counter = iter(range(10 ** 9))
-        step = lambda: tag.wgan_step(generator, critic, opt_g, opt_c, scalers, data, cfg, dtype, next(counter))
+        gan = tag.Gan(generator, critic, opt_g, opt_c, *scalers, dtype)
+        step = lambda: tag.train_step(gan, data, cfg, next(counter))
         for _ in range(warmup):  # cudnn autotuning, the allocator's first growth
             step()
         sync(device)

@@ -124,7 +124,7 @@ def test_the_class_term_pushes_the_fakes_own_class_logit_up():
 
 
 class Clips:
-    """What wgan_step reads of MelClips: 12 fixed clips (1, 16, 32) of 3 classes, random batches of them, silence."""
+    """What train_step reads of MelClips: 12 fixed clips (1, 16, 32) of 3 classes, random batches of them, silence."""
 
     def __init__(self):
         self.labels_d, self.silence = torch.arange(12) % 3, torch.full((16, 1, 1), -1.0)
@@ -145,12 +145,13 @@ class Clips:
 def wgan_setup(**kw):
     cfg = recipe("default", n_frames=32, batch_size=6, **kw)
     generator, critic, opt_g, opt_c = models(cfg)
-    step = lambda i=0: tag.wgan_step(generator, critic, opt_g, opt_c, (no_scaler(), no_scaler()), data, cfg, None, i)
+    gan = tag.Gan(generator, critic, opt_g, opt_c, no_scaler(), no_scaler(), None)
+    step = lambda i=0: tag.train_step(gan, data, cfg, i)
     data = Clips()
     return step, generator, critic, opt_g, opt_c, data
 
 
-def test_each_wgan_step_is_n_critic_critic_updates_then_one_generator_update():
+def test_each_train_step_is_n_critic_critic_updates_then_one_generator_update():
     step, generator, critic, opt_g, opt_c, _ = wgan_setup(n_critic=3)
     grads = []  # one entry each time autograd computes a gradient for a generator weight
     for p in generator.parameters():
@@ -211,7 +212,7 @@ def test_the_critic_loss_is_minus_wdist_plus_the_weighted_penalty_and_the_class_
 
 def test_ema_update_is_the_moving_average_and_copies_batchnorm_statistics():
     torch.manual_seed(0)
-    model = tag.Generator(8, 3, 16, 16, channels=4, embed_dim=4, arch="conv1d")
+    model = tag.Generator(8, 3, 16, 16, channels=4, embed_dim=4)
     ema = copy.deepcopy(model)
     with torch.no_grad():
         for p in model.parameters():
@@ -236,7 +237,7 @@ def test_samples_are_mapped_back_to_hifigans_log_mel():
         def forward(self, z, labels):
             return torch.tensor([-1.0, 1.0]).repeat_interleave(8).view(1, 1, 16, 1).expand(len(z), 1, 16, 4)
 
-    logmel = tag.sample_logmels(Constant(), torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), tag.GanScale("affine"))
+    logmel = tag.sample_logmels(Constant(), torch.zeros(2, 8), torch.zeros(2, dtype=torch.long), tag.GanScale())
     assert logmel.shape == (2, 16, 4)
     assert torch.allclose(logmel[:, :8], torch.tensor(tag.LOG_FLOOR))  # -1 is silence: HiFi-GAN's clamp at 1e-5
     assert torch.allclose(logmel[:, 8:], torch.tensor(tag.LOG_FLOOR + tag.AFFINE_SPAN))

@@ -25,13 +25,13 @@ def test_freq_dilated_replaces_the_first_layer_shape_for_shape():
 
 def test_feature_matching_adds_its_term_to_the_generator_step_only():
     torch.manual_seed(0)
-    critic = tag.Critic(3, 32, 32, channels=4, conditioning="projection")
+    critic = tag.Critic(3, 32, 32, channels=4)
     wrapped = critic_ideas.FeatureMatching(critic, weight=10.0)
     real, fake, labels = torch.randn(4, 1, 32, 32), torch.randn(4, 1, 32, 32) + 1, torch.tensor([0, 1, 2, 0])
     both = torch.cat([real, fake])
     assert torch.equal(wrapped(both, labels.repeat(2))[0], critic(both, labels.repeat(2))[0])  # critic step: as is
     assert len(wrapped.real) == 4  # the real half's mean features, one per LeakyReLU
-    critic.requires_grad_(False)  # what wgan_step does before the generator step
+    critic.requires_grad_(False)  # what generator_step does before the generator step
     plain, matched = critic(fake, labels)[0], wrapped(fake, labels)[0]
     fm = (plain - matched) / 10.0  # the same for every sample: a mean over the batch
     assert torch.allclose(fm, fm[0].expand(4)) and fm[0] > 0

@@ -51,7 +51,7 @@ def test_clips_are_kept_in_fp16_within_its_rounding_and_batches_are_fp32(tiny_da
     error = (data.scale.from_gan(data.frames.float()) - data.scale.from_gan(exact)).abs()
     heard = logmel > tag.LOG_FLOOR + 1  # log1p's fp16 loses relative precision only in near-silence
     if scaling == "log1p":
-        bound = 0.002  # measured (README): log1p's slope grows towards silence
+        bound = 0.002  # measured (docs/speed.md): log1p's slope grows towards silence
     else:  # fp16 rounds a value below 1 by at most 2^-12, times the map's slope
         bound = (tag.AFFINE_SPAN / 2 if scaling == "affine" else tag.PER_BIN_STDS * data.scale.std.max()) / 4096
     assert error[heard].max() <= bound * 1.001

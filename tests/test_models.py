@@ -10,10 +10,17 @@ from conftest import tag
 ARCHS = ["conv2d", "conv1d", "seed"]
 
 
+def make_generator(arch, n_mels=16, n_frames=16, latent_dim=10, n_classes=3, cond="cbn", scaling="affine"):
+    """The generator that --arch arch (with --g_cond cond, --scaling scaling) builds, at width 4."""
+    cfg = tag.Config(arch=arch, n_mels=n_mels, n_frames=n_frames, latent_dim=latent_dim, embed_dim=5, g_channels=4,
+                     g_cond=cond, scaling=scaling)
+    return tag.build_models(cfg, n_classes)[0]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("n_mels,n_frames", [(80, 64), (32, 128), (80, 512), (16, 16)])
 def test_shapes(n_mels, n_frames, arch):
-    g = tag.Generator(latent_dim=10, n_classes=3, n_mels=n_mels, n_frames=n_frames, channels=4, embed_dim=5, arch=arch)
+    g = make_generator(arch, n_mels, n_frames)
     labels = torch.tensor([0, 1, 2, 0])
     x = g(torch.randn(4, 10), labels)
     assert x.shape == (4, 1, n_mels, n_frames)
@@ -27,7 +34,7 @@ def test_shapes(n_mels, n_frames, arch):
 
 
 def test_the_conv1d_critic_sees_the_whole_spectrum_in_its_first_layer():
-    critic = tag.Critic(3, 80, 64, channels=4, conditioning="projection", arch="conv1d")
+    critic = tag.OtherCritic(3, 80, 64, channels=4, conditioning="projection", arch="conv1d")
     first = critic.features[0]
     assert isinstance(first, torch.nn.Conv1d) and first.in_channels == 80  # every filter spans all 80 mel bins
     x = torch.zeros(2, 1, 80, 64, requires_grad=True)
@@ -37,9 +44,9 @@ def test_the_conv1d_critic_sees_the_whole_spectrum_in_its_first_layer():
 
 @pytest.mark.core
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("out_act,check", [("tanh", lambda x: x.abs().max() <= 1), ("relu", lambda x: x.min() >= 0)])
-def test_output_activation(out_act, check, arch):
-    g = tag.Generator(10, 2, 16, 16, channels=4, arch=arch, out_act=out_act)
+@pytest.mark.parametrize("scaling,check", [("affine", lambda x: x.abs().max() <= 1), ("log1p", lambda x: x.min() >= 0)])
+def test_output_activation(scaling, check, arch):
+    g = make_generator(arch, n_classes=2, scaling=scaling)
     assert check(g(torch.randn(8, 10), torch.randint(2, (8,))))
 
 
@@ -48,8 +55,8 @@ def test_output_activation(out_act, check, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_label_changes_outputs(conditioning, arch):
     torch.manual_seed(0)
-    g = tag.Generator(10, 3, 16, 32, channels=4, arch=arch).eval()
-    c = tag.Critic(3, 16, 32, channels=4, conditioning=conditioning)
+    g = make_generator(arch, n_frames=32).eval()
+    c = tag.OtherCritic(3, 16, 32, channels=4, conditioning=conditioning)
     z = torch.randn(1, 10).repeat(2, 1)
     labels = torch.tensor([0, 2])
     x = g(z, labels)
@@ -66,7 +73,7 @@ def test_conditional_batchnorm_carries_the_label(arch):
     torch.manual_seed(0)
     outputs = {}
     for cond in ("cbn", "concat"):
-        g = tag.Generator(10, 3, 16, 32, channels=4, arch=arch, cond=cond).eval()
+        g = make_generator(arch, n_frames=32, cond=cond).eval()
         with torch.no_grad():
             g.embed.weight.zero_()
             for m in g.modules():
@@ -79,7 +86,7 @@ def test_conditional_batchnorm_carries_the_label(arch):
 
 
 def test_seed_arch_is_the_original_design():
-    g = tag.Generator(10, 3, 16, 16, channels=4, arch="seed", cond="cbn")
+    g = make_generator("seed", cond="cbn")
     kinds = {type(m) for m in g.modules()}
     assert nn.ConvTranspose2d in kinds and nn.Upsample not in kinds
     assert all(m.gain is None for m in g.modules() if isinstance(m, tag.CondBatchNorm))  # no class-conditional BN
@@ -172,7 +179,7 @@ def test_gradient_penalty_interpolates_with_fresh_eps():
 @pytest.mark.core
 def test_standing_stats_fit_batchnorm_to_averaged_weights():
     torch.manual_seed(0)
-    g = tag.Generator(10, 3, 16, 16, channels=4).eval()
+    g = tag.Generator(10, 3, 16, 16, channels=4).eval()  # the default design
     with torch.no_grad():
         g.fc[0].weight.mul_(3.0)  # weights moved (as an average of weights does) while the running stats stayed
     tag.standing_stats(g, n_classes=3, latent_dim=10, batches=4, batch_size=32, seed=5)
@@ -186,7 +193,7 @@ def test_standing_stats_fit_batchnorm_to_averaged_weights():
 
 
 class FakeData:
-    """What wgan_step reads from MelClips: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
+    """What train_step reads from MelClips: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
 
     def __init__(self):
         self.labels_d, self.silence = torch.arange(12) % 3, torch.full((16, 1, 1), -1.0)
@@ -206,7 +213,8 @@ def step_setup(**kw):
     generator, critic = tag.build_models(cfg, 3)
     opt_g, opt_c = (torch.optim.Adam(m.parameters(), 1e-3) for m in (generator, critic))
     scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
-    return lambda step=0: tag.wgan_step(generator, critic, opt_g, opt_c, scalers, FakeData(), cfg, None, step), critic
+    gan = tag.Gan(generator, critic, opt_g, opt_c, *scalers, None)
+    return lambda step=0: tag.train_step(gan, FakeData(), cfg, step), critic
 
 
 @pytest.mark.core

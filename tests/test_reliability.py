@@ -607,7 +607,7 @@ def test_a_damaged_eval_metrics_csv_is_read_tolerantly(tmp_path, easy_tones):
 
 
 def ev_scale(cfg):
-    return tag.GanScale(cfg.scaling)
+    return tag.GanScale.from_data(cfg.scaling, None)
 
 
 @pytest.fixture

@@ -133,7 +133,7 @@ import train_audio_gan as tag
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
-critic = tag.Critic(3, 16, 16, channels=4)
+critic = tag.OtherCritic(3, 16, 16, channels=4)  # concat conditioning: a label plane beside the mel
 local, plain = copy.deepcopy(critic), copy.deepcopy(critic)
 ddp = torch.nn.parallel.DistributedDataParallel(critic)
 forwards = []

@@ -48,18 +48,46 @@ def test_presets_fill_only_the_shipped_defaults_so_an_edited_default_wins():
         epochs: int = tag.arg(20, "training epochs", min=1)
         scaling: str = tag.arg("per_bin", "GAN-side mel scaling", choices=("per_bin", "affine", "log1p"))
 
-    cfg = tag.parse_config([], config=Edited)
-    assert cfg.epochs == 20 and cfg.batch_size == tag.DEMO_PRESET["batch_size"][1]  # their value; the rest demo
+    cfg, sources = tag.apply_preset(*tag.parse_flags([], config=Edited))
+    assert cfg.epochs == 20 and cfg.batch_size == tag.PRESETS["demo"]["batch_size"]  # their value; the rest demo
+    assert sources["epochs"] == "edited default" and sources["batch_size"] == "preset demo"
     assert tag.parse_config(["--epochs", "7"], config=Edited).epochs == 7  # a flag still wins
-    assert tag.parse_config([]).epochs == tag.DEMO_PRESET["epochs"][1]  # unedited: the demo preset
+    assert tag.parse_config([]).epochs == tag.PRESETS["demo"]["epochs"]  # unedited: the demo preset
     demo, own_data = tag.parse_config([]), tag.parse_config(["--base_path", "x"])
     assert (demo.lr_decay, demo.aux_weight) == (0.0, 0.0)  # the recipe the demo was timed and judged with
     assert (own_data.lr_decay, own_data.aux_weight) == (1.0, 1.0)  # a run on your data: the measured defaults
     assert tag.parse_config(["--arch", "seed", "--base_path", "x"], config=Edited).scaling == "per_bin"
     assert tag.parse_config(["--arch", "seed", "--base_path", "x"]).scaling == "log1p"
-    for _, preset in tag.PRESETS:  # each preset names the default this script ships with
-        for name, (shipped, _) in preset.items():
-            assert tag.Config.__dataclass_fields__[name].default == shipped, name
+    assert tag.parse_config(["--preset", "seed", "--base_path", "x"]).arch == "seed"  # the preset sets the arch too
+    defaults = {f.name: f.default for f in dataclasses.fields(tag.Config)}
+    assert tag.SHIPPED == {k: defaults[k] for k in tag.SHIPPED}  # the defaults as shipped
+    assert all(set(p) <= set(tag.SHIPPED) for p in tag.PRESETS.values())  # a preset only fills fields SHIPPED names
+
+
+def test_train_from_python_takes_the_same_preset_as_the_command_line(monkeypatch):
+    monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: False)
+    for argv, cfg in (([], tag.Config()), (["--base_path", "x"], tag.Config(base_path="x")),
+                      (["--base_path", "x", "--lr", "1e-3"], tag.Config(base_path="x", lr=1e-3))):
+        assert tag.apply_preset(cfg)[0] == tag.apply_preset(*tag.parse_flags(argv))[0], argv
+    seen = []
+    monkeypatch.setattr(tag, "setup_distributed", lambda cfg: seen.append(cfg) or (_ for _ in ()).throw(SystemExit))
+    with pytest.raises(SystemExit):
+        tag.train(tag.Config(base_path="x"))  # stops where the processes would start: the preset has applied
+    assert (seen[0].batch_size, seen[0].g_channels, seen[0].d_channels) == (16, 32, 16)
+
+
+def test_the_first_line_names_the_recipe_and_where_each_value_came_from(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: False)
+    argv = ["--base_path", tiny_dataset, "--out_dir", str(tmp_path / "run"), "--n_frames", "16", "--batch_size", "4",
+            "--epochs", "1", "--epoch_steps", "2", "--n_critic", "1", "--vocoder", "griffinlim", "--lr", "1e-3"]
+    tag.main(argv)
+    first = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    assert first.startswith("Recipe, preset cpu (auto: no GPU); --preset gpu for the GPU sizes:"), first
+    assert "batch_size 4 [flag]" in first and "g_channels 32 [preset cpu]" in first and "lr 0.001 [flag]" in first
+    assert "n_critic 1 [flag]" in first and "lambda_gp 10.0," in first  # a shipped default: no source
+    tag.main(argv[:-2] + ["--epochs", "2", "--resume"])  # lr not given: the run's own 1e-3 is kept
+    out = " ".join(capsys.readouterr().out.split())
+    assert "lr 0.001 [checkpoint]" in out and "epochs 2 [flag]" in out
 
 
 def test_help_shows_choices_and_the_preset_values_that_apply(capsys):
@@ -179,25 +207,24 @@ def test_tensorboard_is_never_required_and_asking_for_it_without_it_is_one_line(
     assert not (tmp_path / "off" / "tensorboard").exists()
 
 
-GPU_SIZES = {k: shipped for k, (shipped, _) in tag.CPU_PRESET.items()}
-CPU_SIZES = {k: value for k, (_, value) in tag.CPU_PRESET.items()}
+GPU_SIZES = {k: tag.SHIPPED[k] for k in tag.CPU_SIZES}
+CPU_SIZES = tag.CPU_SIZES
 
 
 def sizes(cfg):
-    return {k: getattr(cfg, k) for k in tag.CPU_PRESET}
+    return {k: getattr(cfg, k) for k in tag.CPU_SIZES}
 
 
 def test_a_cpu_run_takes_the_cpu_sizes_and_says_so_unless_a_flag_or_an_edit_sets_them(monkeypatch, capsys):
     monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: False)
     assert sizes(tag.parse_config(["--base_path", "data"])) == CPU_SIZES == {"batch_size": 16, "g_channels": 32,
                                                                              "d_channels": 16}
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("Running on the CPU: batch_size 16, g_channels 32, d_channels 16")
-    assert line.endswith("pass --batch_size 128 --g_channels 64 --d_channels 64.")
-    cfg = tag.parse_config(["--base_path", "data", "--batch_size", "32", "--n_frames", "128"])
-    assert sizes(cfg) == {**CPU_SIZES, "batch_size": 32} and cfg.n_frames == 128  # a flag wins
-    line = capsys.readouterr().out.strip()  # names only the sizes it took
-    assert line.startswith("Running on the CPU: g_channels 32, d_channels 16, ") and "batch_size" not in line
+    cfg, sources = tag.apply_preset(*tag.parse_flags(["--base_path", "data", "--batch_size", "32"]))
+    assert sizes(cfg) == {**CPU_SIZES, "batch_size": 32}  # a flag wins
+    line = " ".join(tag.recipe_line(cfg, sources).split())  # names the sizes it took, and how to undo that
+    assert line.startswith("Recipe, preset cpu (auto: no GPU); --preset gpu for the GPU sizes: ")
+    assert "batch_size 32 [flag]" in line and "g_channels 32 [preset cpu]" in line
+    assert sizes(tag.parse_config(["--base_path", "data", "--preset", "gpu"])) == GPU_SIZES
 
     @dataclasses.dataclass
     class Edited(tag.Config):  # a user who set the batch size in the file
@@ -207,14 +234,14 @@ def test_a_cpu_run_takes_the_cpu_sizes_and_says_so_unless_a_flag_or_an_edit_sets
     assert sizes(tag.parse_config(["--base_path", "data", "--device", "cpu"])) == CPU_SIZES
     capsys.readouterr()
     cfg = tag.parse_config([])
-    assert sizes(cfg) == CPU_SIZES and cfg.n_frames == 64 and "Running on the CPU" not in capsys.readouterr().out
+    assert sizes(cfg) == CPU_SIZES and cfg.n_frames == 64
 
 
 def test_a_gpu_run_keeps_the_gpu_sizes(monkeypatch, capsys):
     monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: True)  # a mocked CUDA machine
     assert sizes(tag.parse_config(["--base_path", "data"])) == GPU_SIZES
     assert sizes(tag.parse_config(["--base_path", "data", "--device", "cuda:0"])) == GPU_SIZES
-    assert "Running on the CPU" not in capsys.readouterr().out
+    assert sizes(tag.parse_config(["--base_path", "data", "--preset", "cpu"])) == CPU_SIZES  # asked for them
     assert sizes(tag.parse_config(["--base_path", "data", "--device", "cpu"])) == CPU_SIZES  # asked for the CPU
 
 
