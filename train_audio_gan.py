@@ -85,6 +85,8 @@ class GanConfig:
                            choices=("concat", "projection"))
     mbstd: bool = arg(False, "minibatch standard deviation feature in the critic (ProGAN), against mode collapse")
     augment: bool = arg(False, "DiffAugment for the critic: random time shift and time cutout of real and fake mels")
+    balance: bool = arg(False, "draw every class equally often (real clips and the generator's labels), however many "
+                        "clips it has; off: each class as often as it has clips")
     scaling: str = arg("affine", 'GAN-side mel scaling: "affine" (log-mel to [-1,1]), "per_bin" (each mel bin to zero '
                        'mean, 3 std = 1; SpecGAN) or "log1p" (original)',
                        choices=("per_bin", "affine", "log1p"))
@@ -185,9 +187,13 @@ class Clips:
     the audio into one and sets: frames (n_mels, total_frames); offsets, lengths_d, labels_d (N,), the clips' starts,
     lengths and labels where frames are (device or host memory); shard, the clip indices this rank draws from (all
     but under torchrun); silence (n_mels, 1, 1); n_frames; scale (a GanScale); device, where batches go."""
+    by_class = None  # with --balance, the shard indexed by class (Part III)
 
     def sample(self, n):
-        """n random clip indices from this rank's shard, drawn where the clips are (no host sync)."""
+        """n random clip indices from this rank's shard, drawn where the clips are (no host sync); with --balance,
+        each class equally often (Part III)."""
+        if self.by_class is not None:
+            return balanced_sample(self, n)
         return self.shard[torch.randint(len(self.shard), (n,), device=self.shard.device)]
 
     def crops(self, idx):
@@ -587,7 +593,7 @@ ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim"
 # Keys added to MEL_KEYS, ARCH_KEYS or RECIPE_KEYS after checkpoints existed, with the value every older checkpoint was
 # trained with: a new option then never invalidates them (a checkpoint without the key is read as having this value),
 # and a resumed older run keeps its constant lr and its training without the auxiliary classifier loss.
-ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0}
+ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0, "balance": False}
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
@@ -1112,7 +1118,7 @@ class MelClips(Clips):
         silence = self.scale.to_gan(torch.full((cfg.n_mels, 1), LOG_FLOOR))
         self.n_frames = cfg.n_frames or auto_frames(self.lengths, cfg)
         self.silence = silence.clamp(min=-1).view(-1, 1, 1)  # (n_mels, 1, 1): what pads short clips
-        self.device = torch.device("cpu")
+        self.device, self.balance = torch.device("cpu"), cfg.balance
         self.describe(cfg)
         self.place(device)
 
@@ -1139,7 +1145,11 @@ class MelClips(Clips):
             home = torch.device("cpu")
             print(f"The dataset ({self.frames.nbytes / 2 ** 30:.2f} GiB) stays in host memory; batches are copied.")
         self.device = device
-        for name in ("frames", "offsets", "lengths_d", "labels_d", "shard", "silence"):
+        if self.balance:  # the shard is final now (prepare_data), so index it by class
+            self.by_class, self.class_start, self.class_count, self.present = index_classes(
+                self.labels, self.shard, len(self.classes))
+        for name in ("frames", "offsets", "lengths_d", "labels_d", "shard", "silence") + (
+                ("by_class", "class_start", "class_count", "present") if self.balance else ()):
             setattr(self, name, getattr(self, name).to(home))
         return self
 
@@ -1634,7 +1644,7 @@ def written_path(line):
 
 
 RECIPE_KEYS = ("epoch_steps", "batch_size", "n_critic", "lambda_gp", "gp_every", "lr", "lr_decay", "beta1", "beta2",
-               "aux_weight", "augment", "ema", "seed")
+               "aux_weight", "augment", "ema", "seed", "balance")
 
 
 def keep_recipe(cfg, ckpt, given, sources=None):
@@ -3157,6 +3167,26 @@ def other_models(cfg, n_classes):
     if (cfg.critic_arch, cfg.critic_cond, cfg.mbstd) == ("conv2d", "projection", False):
         return generator, Critic(*args[:4])
     return generator, CriticPair(*args) if cfg.critic_arch == "both" else OtherCritic(*args, arch=cfg.critic_arch)
+
+
+# ---------------------------------------------------------------- class-balanced batches: --balance
+
+def index_classes(labels, shard, n_classes):
+    """(the shard's clip indices sorted by class, each class's start and count in them, the classes present)."""
+    shard_labels = labels[shard.cpu()]
+    by_class = shard[torch.argsort(shard_labels, stable=True).to(shard.device)]
+    count = torch.bincount(shard_labels, minlength=n_classes)
+    return by_class, torch.cumsum(count, 0) - count, count, count.nonzero().squeeze(1)
+
+
+def balanced_sample(clips, n):
+    """--balance: n clip indices, each of a class drawn uniformly, then a clip of it, on the clips' device. For sets
+    whose classes differ in size (the drum set: 16 kicks against 122 toms), the rare classes get as many steps."""
+    device = clips.by_class.device
+    cls = clips.present[torch.randint(len(clips.present), (n,), device=device)]
+    count = clips.class_count[cls]
+    pick = torch.minimum((torch.rand(n, device=device) * count).long(), count - 1)
+    return clips.by_class[clips.class_start[cls] + pick]
 
 
 # ---------------------------------------------------------------- DiffAugment: --augment

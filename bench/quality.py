@@ -64,6 +64,7 @@ VARIANTS = {
     "decay_half": dict(lr_decay=0.5),  # constant for the first half, then linearly to 0 (pix2pix)
     "b128": dict(batch_size=128),  # the GPU preset's batch at the CPU widths (issue #32: the GPU recipe per step)
     "gpu": dict(batch_size=128, g_channels=64, d_channels=64),  # the GPU preset's sizes, all of them
+    "balance": dict(balance=True),  # every class equally often in the batches (issue #32: the drum set's 16 kicks)
 }
 
 

@@ -137,3 +137,21 @@ def test_demo_dataset_is_deterministic_and_distinct(tmp_path):
     for i in range(len(means)):
         for j in range(i + 1, len(means)):
             assert (means[i] - means[j]).abs().mean() > 0.5
+
+
+@pytest.mark.core
+def test_balance_draws_every_class_equally_often_however_many_clips_it_has(tmp_path):
+    for i in range(12):  # 12 "many" clips against 2 "few"
+        write_tone(str(tmp_path / "data" / "many" / f"m{i}.wav"), 300, seconds=0.3)
+    for i in range(2):
+        write_tone(str(tmp_path / "data" / "few" / f"f{i}.wav"), 3000, seconds=0.3)
+    torch.manual_seed(0)
+    share = {}
+    for balance in (False, True):
+        cfg = tag.Config(base_path=str(tmp_path / "data"), out_dir=str(tmp_path / "out"), n_frames=16, balance=balance)
+        data = tag.MelClips(cfg, torch.device("cpu"))
+        idx = data.sample(20000)
+        few = data.classes.index("few")
+        share[balance] = float((data.labels[idx] == few).float().mean())
+        assert set(idx.tolist()) == set(range(14))  # every clip is drawn, from its own class
+    assert share[False] == pytest.approx(2 / 14, abs=0.01) and share[True] == pytest.approx(0.5, abs=0.01)
