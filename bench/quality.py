@@ -38,7 +38,8 @@ PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_
 # Every variant spells out what it compares, so the table keeps its meaning when the defaults change.
 RECIPE = dict(arch="conv1d", critic_arch="conv2d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False,
               aux_weight=1.0,
-              augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, lr_decay=1.0, beta1=0.5, beta2=0.999)
+              augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, lr_decay=1.0, beta1=0.5, beta2=0.999,
+              balance=True)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
     "seed": dict(tag.PRESETS["seed"]),  # the original design, trained plainly
@@ -64,7 +65,8 @@ VARIANTS = {
     "decay_half": dict(lr_decay=0.5),  # constant for the first half, then linearly to 0 (pix2pix)
     "b128": dict(batch_size=128),  # the GPU preset's batch at the CPU widths (issue #32: the GPU recipe per step)
     "gpu": dict(batch_size=128, g_channels=64, d_channels=64),  # the GPU preset's sizes, all of them
-    "balance": dict(balance=True),  # every class equally often in the batches (issue #32: the drum set's 16 kicks)
+    "balance": dict(balance=True),  # every class equally often (issue #32: the drum set's 16 kicks); the default since
+    "no_balance": dict(balance=False),  # each class as often as it has clips: the default before issue #32's --balance
 }
 
 
