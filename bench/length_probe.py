@@ -1,0 +1,78 @@
+"""Where a trained GAN's effort goes when most of each example is silence (issue #32, item 3): two probes of a checkpoint.
+
+    python bench/length_probe.py runs/f256/old/default-42/checkpoint.pt --sound 0.15   # 256 frames: a digit is ~36
+    python bench/length_probe.py runs/gpu_per_step/default-42/checkpoint.pt --sound 0.6 # 64 frames
+
+1. The critic's ear: of the squared gradient of the critic's score with respect to 200 generated mels (20 per class,
+   fixed noise), the share that falls on bins within 0.7 nats of silence (below -0.9 in the GAN's scaling, -94 dB),
+   which HiFi-GAN renders as nothing.
+2. The generator's BatchNorm: per block, its batch statistics over every time position against those over the first
+   --sound of the clip (where the sound is), in training mode on 16 clips: how far silence moves the mean that
+   normalises the sound (median over channels, in units of the whole batch's standard deviation).
+Neither draws from anything but its own seeded torch RNG; nothing is written.
+"""
+import argparse
+import dataclasses
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import train_audio_gan as tag  # noqa: E402
+
+
+def models(path):
+    """(generator, critic, cfg) from a training checkpoint (the raw generator, not the EMA: its batch statistics)."""
+    ckpt = tag.load_checkpoint(path)
+    cfg = dataclasses.replace(tag.Config(), **{k: ckpt["config"][k] for k in tag.ARCH_KEYS})
+    generator, critic = tag.build_models(cfg, len(ckpt["classes"]))
+    generator.load_state_dict(ckpt["generator"])
+    critic.load_state_dict(ckpt["critic"])
+    return generator, critic, cfg, len(ckpt["classes"])
+
+
+def critic_ear(generator, critic, cfg, n_classes):
+    """(share of bins near silence, their share of the critic's squared input gradient, mean gradient norm)."""
+    labels = torch.arange(n_classes).repeat_interleave(20)
+    with tag.training_mode(generator, False), torch.no_grad():
+        fake = generator(torch.randn(len(labels), cfg.latent_dim), labels)  # (B, 1, n_mels, T)
+    fake.requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(fake, labels)[0].sum(), fake)
+    quiet = fake.detach() < -0.9
+    return quiet.float().mean().item(), (grad.pow(2) * quiet).sum().item() / grad.pow(2).sum().item(), \
+        grad.flatten(1).norm(dim=1).mean().item()
+
+
+def batchnorm_offsets(generator, cfg, n_classes, sound):
+    """Per UpBlock: (T, median |mean over the sound - mean over all| / std over all) of its BatchNorm's input."""
+    seen = []
+    hooks = [b.norm.norm.register_forward_hook(lambda m, i, o: seen.append(i[0].detach())) for b in generator.blocks]
+    with tag.training_mode(generator, True), torch.no_grad():
+        generator(torch.randn(16, cfg.latent_dim), torch.arange(16) % n_classes)
+    for h in hooks:
+        h.remove()
+    rows = []
+    for x in seen:  # (B, C, T)
+        t = max(1, int(x.shape[-1] * sound))
+        offset = (x[..., :t].mean((0, 2)) - x.mean((0, 2))).abs() / x.var((0, 2)).sqrt()
+        rows.append((x.shape[-1], offset.median().item()))
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--sound", type=float, default=0.15, help="the fraction of the clip, from its start, that sounds")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    generator, critic, cfg, n_classes = models(args.checkpoint)
+    quiet, share, norm = critic_ear(generator, critic, cfg, n_classes)
+    print(f"{args.checkpoint}: {cfg.n_frames} frames; bins within 0.7 nats of silence {quiet:.3f}, their share of the "
+          f"critic's squared input gradient {share:.3f}, gradient norm {norm:.3f}")
+    for k, (t, offset) in enumerate(batchnorm_offsets(generator, cfg, n_classes, args.sound)):
+        print(f"  generator block {k} ({t} positions): the sound's BatchNorm mean sits {offset:.2f} std from the batch's")
+
+
+if __name__ == "__main__":
+    main()
