@@ -21,10 +21,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 # ==================== Part I: the GAN. Config, the mel, the clips, the models, the WGAN-GP step and the loop
 # What else changes what the GAN learns lives in Part II and is named here: apply_preset picks PRESETS' values (below);
-# load_audio makes every clip mono, 22.05 kHz and peak-normalised; auto_frames sets n_frames from the data and
-# train_process the steps per epoch (the lr decay's horizon); amp_dtype (bf16/fp16) and process_state (TF32,
-# determinism) set the arithmetic; under torchrun each rank trains on its shard with its own seed (build_run) and
-# end_epoch shares rank 0's BatchNorm statistics; restore_run and keep_recipe give a resumed run its own state and
+# load_audio makes every clip mono, 22.05 kHz and peak-normalised; auto_frames sets n_frames and norm_frames from
+# the data and train_process the steps per epoch (the lr decay's horizon); amp_dtype (bf16/fp16) and process_state
+# (TF32, determinism) set the arithmetic; under torchrun each rank trains on its shard with its own seed (build_run)
+# and end_epoch shares rank 0's BatchNorm statistics; restore_run and keep_recipe give a resumed run its own state and
 # recipe; Part III's designs replace the models or the scaling when a flag asks for them.
 
 # ---------------------------------------------------------------- configuration: the method's fields
@@ -48,6 +48,9 @@ class GanConfig:
                       choices=("auto", "gpu", "cpu", "demo", "seed"))
     n_frames: int = arg(0, "mel frames per training example (divisible by 16; 64 frames = 0.74 s); 0 = auto: the 95th "
                         "percentile of the clips' lengths, rounded up to a multiple of 16, in [32, 512]", min=0)
+    norm_frames: int = arg(0, "the generator's BatchNorm takes its statistics from these first frames of each "
+                           "example, where clips have sound (they start at frame 0, silence after); 0 = auto: the size "
+                           "--n_frames 0 picks for the data, or all n_frames if fewer", min=0)
     latent_dim: int = arg(100, "size of the noise vector z", min=1)
     embed_dim: int = arg(50, "size of the generator's label embedding", min=1)
     g_channels: int = arg(64, "generator width c: conv1d 8c, 8c, 4c, 4c, 4c channels; conv2d 8c ... c/2; seed 8c ... c",
@@ -228,12 +231,40 @@ def random_crops(frames, offsets, lengths, n_frames, floor):
 
 # ---------------------------------------------------------------- models: generator, critic, EMA
 
-class CondBatchNorm(nn.Module):
-    """BatchNorm whose gain and bias are looked up per class (BigGAN's conditional BN), or plain BatchNorm."""
+class SoundBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over (B, C, T) or (B, C, H, T) whose statistics come from the first `frames` of every `of` frames: the
+    part of an example that holds sound. Clips start at frame 0 with silence after them, so at 256 frames of 0.74-s
+    digits three quarters of each example is silence and whole-example statistics are mostly silence's; the sound's
+    features then sit ~1 std off centre (bench/length_probe.py). frames == of: plain BatchNorm, bit for bit."""
 
-    def __init__(self, channels, n_classes, dims=1, conditional=True):
+    def __init__(self, channels, frames=1, of=1, affine=True):
+        super().__init__(channels, affine=affine)
+        self.frames, self.of = frames, of
+
+    def _check_input_dim(self, x):
+        if x.dim() not in (3, 4):
+            raise ValueError(f"expected a (B, C, T) or (B, C, H, T) input, got {tuple(x.shape)}")
+
+    def forward(self, x):
+        keep = -(-x.shape[-1] * self.frames // self.of)  # this layer's frames of sound: ceil(T * frames / of)
+        if not self.training or keep >= x.shape[-1]:
+            return super().forward(x)
+        lead = x[..., :keep]
+        super().forward(lead)  # only to update the running statistics, from the same frames
+        dims = [0, *range(2, x.dim())]
+        mean, var = (lead.float().mean(dims, keepdim=True), lead.float().var(dims, unbiased=False, keepdim=True))
+        y = (x.float() - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(-1, *[1] * (x.dim() - 2)) + self.bias.view(-1, *[1] * (x.dim() - 2))
+        return y.to(x.dtype)
+
+
+class CondBatchNorm(nn.Module):
+    """SoundBatchNorm whose gain and bias are looked up per class (BigGAN's conditional BN), or plain."""
+
+    def __init__(self, channels, n_classes, conditional=True, frames=1, of=1):
         super().__init__()
-        self.norm = (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(channels, affine=not conditional)
+        self.norm = SoundBatchNorm(channels, frames, of, affine=not conditional)
         self.gain = nn.Embedding(n_classes, channels) if conditional else None
         self.bias = nn.Embedding(n_classes, channels) if conditional else None
         if conditional:
@@ -251,9 +282,9 @@ class CondBatchNorm(nn.Module):
 class UpBlock(nn.Module):
     """conv (which upsamples 2x), then BatchNorm (class-conditional or not), then ReLU."""
 
-    def __init__(self, conv, c_out, n_classes, conditional=True, dims=1):
+    def __init__(self, conv, c_out, n_classes, conditional=True, frames=1, of=1):
         super().__init__()
-        self.conv, self.norm = conv, CondBatchNorm(c_out, n_classes, dims, conditional)
+        self.conv, self.norm = conv, CondBatchNorm(c_out, n_classes, conditional, frames, of)
 
     def forward(self, x, labels):
         return F.relu(self.norm(self.conv(x), labels))
@@ -264,18 +295,19 @@ class Generator(nn.Module):
     over time, (8c, n_frames/16) -> (8c, /8) -> (4c, /4) -> (4c, /2) -> (4c, n_frames), then a conv to n_mels
     channels: every output frame is a learnt mix of whole spectra, so harmonics move together. Each UpBlock repeats
     frames (nearest) and convolves, which paints no checkerboard (the original ConvTranspose did); its BatchNorm's
-    gain and bias are the label's (cbn=False: plain BatchNorm)."""
+    gain and bias are the label's (cbn=False: plain BatchNorm), its statistics the first norm_frames' (0: all)."""
 
-    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, cbn=True):
+    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, cbn=True, norm_frames=0):
         super().__init__()
         widths = (8 * channels, 8 * channels, 4 * channels, 4 * channels, 4 * channels)
+        sound = (norm_frames or n_frames, n_frames)  # BatchNorm statistics over the first norm_frames (all if 0)
         self.shape = (widths[0], n_frames // 16)
         self.embed = nn.Embedding(n_classes, embed_dim)
         self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)),
                                 nn.BatchNorm1d(math.prod(self.shape)), nn.ReLU())
         self.blocks = nn.ModuleList(
             UpBlock(nn.Sequential(nn.Upsample(scale_factor=(2,), mode="nearest"), nn.Conv1d(a, b, 5, padding=2)), b,
-                    n_classes, cbn) for a, b in zip(widths, widths[1:]))
+                    n_classes, cbn, *sound) for a, b in zip(widths, widths[1:]))
         self.out = nn.Conv1d(widths[-1], n_mels, 5, padding=2)
         self.act = nn.Tanh()  # the scaling's range; Part III's log1p swaps in a ReLU
 
@@ -315,7 +347,8 @@ def build_models(cfg, n_classes):
     if (cfg.arch, cfg.g_cond, cfg.critic_arch, cfg.critic_cond, cfg.mbstd, cfg.scaling == "log1p") != (
             "conv1d", "cbn", "conv2d", "projection", False, False):
         return other_models(cfg, n_classes)
-    return (Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim),
+    return (Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
+                      norm_frames=cfg.norm_frames),
             Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels))
 
 
@@ -589,12 +622,13 @@ class Config(GanConfig):
 
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
-ARCH_KEYS = MEL_KEYS + ("n_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond", "d_channels",
-                        "critic_cond", "mbstd", "critic_arch")
+ARCH_KEYS = MEL_KEYS + ("n_frames", "norm_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond",
+                        "d_channels", "critic_cond", "mbstd", "critic_arch")
 # Keys added to MEL_KEYS, ARCH_KEYS or RECIPE_KEYS after checkpoints existed, with the value every older checkpoint was
 # trained with: a new option then never invalidates them (a checkpoint without the key is read as having this value),
-# and a resumed older run keeps its constant lr and its training without the auxiliary classifier loss.
-ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0, "balance": False}
+# and a resumed older run keeps its constant lr and its training without the auxiliary classifier loss. Older
+# generators took BatchNorm statistics over all n_frames: a norm_frames of 0 is read as n_frames.
+ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0, "balance": False, "norm_frames": 0}
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
@@ -1117,7 +1151,9 @@ class MelClips(Clips):
         self.frames, self.offsets, self.lengths_d, self.labels_d = frames.half(), offsets, self.lengths, self.labels
         self.shard = torch.arange(len(self.labels))  # under DDP each rank keeps every world-th clip
         silence = self.scale.to_gan(torch.full((cfg.n_mels, 1), LOG_FLOOR))
-        self.n_frames = cfg.n_frames or auto_frames(self.lengths, cfg)
+        fit = auto_frames(self.lengths)
+        self.n_frames = cfg.n_frames or fit
+        self.norm_frames = min(cfg.norm_frames or fit, self.n_frames)  # where the sound is: the first fit frames
         self.silence = silence.clamp(min=-1).view(-1, 1, 1)  # (n_mels, 1, 1): what pads short clips
         self.device, self.balance = torch.device("cpu"), cfg.balance
         self.describe(cfg)
@@ -1126,9 +1162,17 @@ class MelClips(Clips):
     def describe(self, cfg):
         """Say what was read, and refuse class folders that hold no usable clip."""
         median = int(self.lengths.median()) if len(self.lengths) else 0
+        if not cfg.n_frames:
+            n, whole = self.n_frames, int((self.lengths <= self.n_frames).sum())
+            print(f"n_frames {n} ({n * cfg.hop_length / cfg.sample_rate:.2f} s), from the data: {whole} of its "
+                  f"{len(self.lengths)} clips fit whole, longer ones are cropped at random; --n_frames sets another "
+                  f"size")
         if median < self.n_frames // 2:
             print(f"Note: the median clip has {median} frames but n_frames={self.n_frames}: most of every example is "
                   f"silence. A smaller --n_frames (a multiple of 16) trains faster and better.")
+        if self.norm_frames < self.n_frames:
+            print(f"The generator's BatchNorm takes its statistics from the first {self.norm_frames} of the "
+                  f"{self.n_frames} frames, where the clips are (--norm_frames sets another number)")
         counts = torch.bincount(self.labels, minlength=len(self.classes)).tolist()
         print(f"{len(self.classes)} classes, {len(self.labels)} clips:", ", ".join(
             f"{c if c.isprintable() else repr(c)} ({n})" for c, n in zip(self.classes, counts)))
@@ -1166,16 +1210,12 @@ def index_classes(labels, shard, n_classes):
     return by_class, torch.cumsum(count, 0) - count, count, count.nonzero().squeeze(1)
 
 
-def auto_frames(lengths, cfg):
-    """n_frames from the data (--n_frames 0): the 95th percentile of the clips' lengths (frames, the lower of the two
-    nearest, so one long clip among a few short ones does not set it), rounded up to a multiple of 16, in [32, 512].
-    Long enough for about 95 % of clips whole, without training mostly on silence."""
+def auto_frames(lengths):
+    """The data's own example size (--n_frames 0, --norm_frames 0): the 95th percentile of the clips' lengths (frames,
+    the lower of the two nearest, so one long clip among a few short ones does not set it), rounded up to a multiple of
+    16, in [32, 512]. Long enough for about 95 % of clips whole, without training mostly on silence."""
     p95 = int(lengths.float().quantile(0.95, interpolation="lower")) if len(lengths) else 64
-    n = min(512, max(32, 16 * math.ceil(p95 / 16)))
-    whole = int((lengths <= n).sum())
-    print(f"n_frames {n} ({n * cfg.hop_length / cfg.sample_rate:.2f} s), from the data: {whole} of its {len(lengths)} "
-          f"clips fit whole, longer ones are cropped at random; --n_frames sets another size")
-    return n
+    return min(512, max(32, 16 * math.ceil(p95 / 16)))
 
 
 # ---------------------------------------------------------------- vocoders: HiFi-GAN (jik876 V1), BigVGAN-v2, Griffin-Lim
@@ -1420,7 +1460,7 @@ def prepare_data(cfg, rank, world, device, ckpt):
         scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
         vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
         data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
-        cfg = dataclasses.replace(cfg, n_frames=data.n_frames)  # n_frames 0 (auto) is now the data's size
+        cfg = dataclasses.replace(cfg, n_frames=data.n_frames, norm_frames=data.norm_frames)  # 0 (auto): the data's
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -1660,8 +1700,9 @@ def keep_recipe(cfg, ckpt, given, sources=None):
     """cfg for a resumed run: n_frames 0 (auto) is the size the run chose, and the recipe fields (RECIPE_KEYS) no
     flag set (given) keep the checkpoint's values, said in one line and marked in sources; given None (train() called
     from Python) counts every field as set."""
-    if ckpt is not None and not cfg.n_frames:  # auto: the size the run chose when it started
-        cfg = dataclasses.replace(cfg, n_frames=ckpt["config"]["n_frames"])
+    for k in ("n_frames", "norm_frames"):
+        if ckpt is not None and not getattr(cfg, k):  # auto: the size the run chose when it started
+            cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k]})
     if ckpt is None or given is None:
         return cfg
     kept = {k: ckpt["config"][k] for k in RECIPE_KEYS if k not in given and k in ckpt["config"]
@@ -1969,9 +2010,10 @@ def load_checkpoint(path, cfg=None):
         raise SystemExit(f"{path} is not a checkpoint of this version of the script, or is damaged: "
                          f"{'; '.join(problems)}. Train afresh, or use the version that wrote it.")
     ckpt["config"] = {**ARCH_SINCE, **ckpt["config"]}
+    ckpt["config"]["norm_frames"] = ckpt["config"]["norm_frames"] or ckpt["config"]["n_frames"]  # 0: all of them
     if cfg is not None:
         diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
-                if ckpt["config"].get(k) != getattr(cfg, k) and (k, getattr(cfg, k)) != ("n_frames", 0)]  # 0: auto
+                if ckpt["config"].get(k) != getattr(cfg, k) and not (k.endswith("_frames") and getattr(cfg, k) == 0)]
         if diff:
             raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
     return ckpt
@@ -3075,7 +3117,8 @@ class OtherGenerator(nn.Module):
     minutes (Frechet 8.1x against 2.6x the floor). --g_cond concat (any arch): the label only as an embedding beside z,
     no class-conditional BatchNorm; never measured alone (cBN is kept on BigGAN's word)."""
 
-    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, arch="conv2d", cond="cbn"):
+    def __init__(self, latent_dim, n_classes, n_mels, n_frames, channels=64, embed_dim=50, arch="conv2d", cond="cbn",
+                 norm_frames=0):
         super().__init__()
         c = channels
         widths = (8 * c, 4 * c, 2 * c, c, max(1, c // 2)) if arch == "conv2d" else (8 * c, 4 * c, 2 * c, c)
@@ -3086,7 +3129,7 @@ class OtherGenerator(nn.Module):
         conditional = cond == "cbn" and arch != "seed"
         up = (lambda a, b: nn.ConvTranspose2d(a, b, 4, 2, 1)) if arch == "seed" else (
             lambda a, b: nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)))
-        self.blocks = nn.ModuleList(UpBlock(up(a, b), b, n_classes, conditional, dims=2)
+        self.blocks = nn.ModuleList(UpBlock(up(a, b), b, n_classes, conditional, norm_frames or n_frames, n_frames)
                                     for a, b in zip(widths, widths[1:]))
         # seed: the fourth upsampling is the output layer itself
         self.out = nn.ConvTranspose2d(c, 1, 4, 2, 1) if arch == "seed" else nn.Conv2d(widths[-1], 1, 3, padding=1)
@@ -3166,10 +3209,10 @@ def other_models(cfg, n_classes):
     """(generator, critic) when a flag asks for another design than build_models' default."""
     if cfg.arch == "conv1d":
         generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
-                              cbn=cfg.g_cond == "cbn")
+                              cfg.g_cond == "cbn", cfg.norm_frames)
     else:
         generator = OtherGenerator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
-                                   cfg.arch, cfg.g_cond)
+                                   cfg.arch, cfg.g_cond, cfg.norm_frames)
     if cfg.scaling == "log1p":
         generator.act = nn.ReLU()  # log1p's values are >= 0 and unbounded above
     args = (n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)

@@ -80,6 +80,12 @@ MUTATIONS = [
     ("fakes generated for other labels in the critic step",
      "fake = bare_generator(torch.randn(B, cfg.latent_dim, device=device), labels).float()",
      "fake = bare_generator(torch.randn(B, cfg.latent_dim, device=device), labels.flip(0)).float()"),
+    ("BatchNorm statistics over the silence after the clips, not the sound",
+     "lead = x[..., :keep]",
+     "lead = x[..., -keep:]"),
+    ("norm_frames ignored: BatchNorm statistics over every frame",
+     "if not self.training or keep >= x.shape[-1]:",
+     "if True:"),
 ]
 
 

@@ -192,6 +192,34 @@ def test_standing_stats_fit_batchnorm_to_averaged_weights():
     assert bn.momentum == 0.1 and not g.training  # the module is left as it was found
 
 
+@pytest.mark.core
+@pytest.mark.parametrize("shape", [(6, 3, 32), (6, 3, 4, 32)])  # conv1d's (B, C, T), conv2d's (B, C, n_mels, T)
+def test_sound_batchnorm_takes_its_statistics_from_the_frames_that_hold_sound(shape):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 2 + 1
+    x[..., 8:] = -3.0  # silence after the clip: the example's last three quarters
+    norm = tag.SoundBatchNorm(3, frames=16, of=64)  # 16 of every 64 frames: 8 of this layer's 32
+    dims = [0, *range(2, len(shape))]
+    y = norm(x)
+    sound = y[..., :8]
+    assert sound.mean(dims).abs().max() < 1e-5 and (sound.var(dims, unbiased=False) - 1).abs().max() < 1e-3
+    assert torch.allclose(norm.running_mean, 0.1 * x[..., :8].mean(dims), atol=1e-6)  # momentum 0.1 from zero
+    mean, var = x[..., :8].mean(dims, keepdim=True), x[..., :8].var(dims, unbiased=False, keepdim=True)
+    assert torch.allclose(y[..., 8:], ((-3.0 - mean) * torch.rsqrt(var + norm.eps)).expand_as(y[..., 8:]), atol=1e-5)
+    whole, plain = tag.SoundBatchNorm(3, 64, 64), (nn.BatchNorm1d if len(shape) == 3 else nn.BatchNorm2d)(3)
+    assert torch.equal(whole(x), plain(x)) and torch.equal(whole.running_var, plain.running_var)  # all frames: plain
+    norm.eval()
+    assert torch.allclose(norm(x), (x - norm.running_mean.view(-1, *[1] * (len(shape) - 2)))
+                          * torch.rsqrt(norm.running_var.view(-1, *[1] * (len(shape) - 2)) + norm.eps), atol=1e-6)
+
+
+def test_every_generator_design_takes_batchnorm_statistics_over_norm_frames():
+    for arch in ARCHS:
+        cfg = tag.Config(arch=arch, n_mels=16, n_frames=64, norm_frames=16, latent_dim=10, embed_dim=5, g_channels=4)
+        norms = [m.norm for m in tag.build_models(cfg, 3)[0].modules() if isinstance(m, tag.CondBatchNorm)]
+        assert len(norms) >= 3 and all((n.frames, n.of) == (16, 64) for n in norms), arch
+
+
 class FakeData:
     """What train_step reads from MelClips: random crops (B, 1, 16, 16) of 3 classes, and the silence floor."""
 

@@ -281,7 +281,26 @@ def test_n_frames_auto_is_the_95th_percentile_rounded_up_to_16_in_32_to_512():
     cases = (([57] * 20, 64), ([129] * 10, 144), ([5] * 10, 32), ([2000] * 3, 512), ([30] * 94 + [90] * 6, 96),
              ([43] * 12 + [41369], 48))  # one 20-minute clip among 12 short ones does not set the size
     for lengths, frames in cases:
-        assert tag.auto_frames(torch.tensor(lengths), cfg) == frames, lengths
+        assert tag.auto_frames(torch.tensor(lengths)) == frames, lengths
+
+
+def test_norm_frames_auto_is_where_the_clips_are_said_stored_and_kept_on_resume(tmp_path, tiny_dataset, capsys):
+    out = tmp_path / "run"
+    result = tag.train(tiny_config(tiny_dataset, out, n_frames=128))  # clips of 0.3-0.7 s: the data's size is 64
+    assert "BatchNorm takes its statistics from the first 64 of the 128 frames" in capsys.readouterr().out
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 64
+    norms = [m for m in result["generator"].modules() if isinstance(m, tag.SoundBatchNorm)]
+    assert norms and all((m.frames, m.of) == (64, 128) for m in norms)
+    tag.train(tiny_config(tiny_dataset, out, n_frames=128, epochs=2, resume=True))  # auto again: the run's own 64
+    with pytest.raises(SystemExit, match="norm_frames: checkpoint 64, now 32"):
+        tag.train(tiny_config(tiny_dataset, out, n_frames=128, norm_frames=32, epochs=3, resume=True))
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["norm_frames"]  # as the script wrote it before --norm_frames: statistics over every frame
+    torch.save(ckpt, out / "checkpoint.pt")
+    tag.train(tiny_config(tiny_dataset, out, n_frames=128, epochs=3, resume=True))
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 128
+    tag.train(tiny_config(tiny_dataset, tmp_path / "auto", n_frames=0))  # at the data's own size: every frame
+    assert torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 64
 
 
 def test_n_frames_auto_is_said_stored_and_kept_on_resume(tmp_path, tiny_dataset, capsys):
