@@ -251,11 +251,11 @@ class SoundBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         lead = x[..., :keep]
         super().forward(lead)  # only to update the running statistics, from the same frames
-        dims = [0, *range(2, x.dim())]
-        mean, var = (lead.float().mean(dims, keepdim=True), lead.float().var(dims, unbiased=False, keepdim=True))
+        dims, channel = [0, *range(2, x.dim())], (-1, *[1] * (x.dim() - 2))  # reduced over; a per-channel shape
+        mean, var = lead.float().mean(dims, keepdim=True), lead.float().var(dims, unbiased=False, keepdim=True)
         y = (x.float() - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * self.weight.view(-1, *[1] * (x.dim() - 2)) + self.bias.view(-1, *[1] * (x.dim() - 2))
+            y = y * self.weight.view(channel) + self.bias.view(channel)
         return y.to(x.dtype)
 
 
