@@ -259,6 +259,26 @@ class SoundBatchNorm(nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
+class SeedBatchNorm(SoundBatchNorm):
+    """SoundBatchNorm of a generator's flat seed (B, C * P), or (B, C * H * P), viewed as shape (C, [H,] P)."""
+
+    def __init__(self, shape, frames, of):
+        super().__init__(shape[0], frames, of)
+        self.shape = shape
+
+    def forward(self, x):
+        return super().forward(x.view(len(x), *self.shape)).flatten(1)
+
+
+def seed_norm(shape, frames, of):
+    """The BatchNorm of a generator's seed of shape (C, [H,] P): per feature (each channel at each position), as
+    DCGAN's, when clips fill the example. That holds every feature at unit variance, so when clips are shorter the
+    positions after them carry as much z-noise as the sound's, and quieting one means moving its gain from 1 to 0:
+    more steps than a run has at lr 2e-4. Then per channel, from the positions where clips are (as the UpBlocks): the
+    fc's weights can quiet a position."""
+    return nn.BatchNorm1d(math.prod(shape)) if frames >= of else SeedBatchNorm(shape, frames, of)
+
+
 class CondBatchNorm(nn.Module):
     """SoundBatchNorm whose gain and bias are looked up per class (BigGAN's conditional BN), or plain."""
 
@@ -303,8 +323,8 @@ class Generator(nn.Module):
         sound = (norm_frames or n_frames, n_frames)  # BatchNorm statistics over the first norm_frames (all if 0)
         self.shape = (widths[0], n_frames // 16)
         self.embed = nn.Embedding(n_classes, embed_dim)
-        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)),
-                                nn.BatchNorm1d(math.prod(self.shape)), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)), seed_norm(self.shape, *sound),
+                                nn.ReLU())
         self.blocks = nn.ModuleList(
             UpBlock(nn.Sequential(nn.Upsample(scale_factor=(2,), mode="nearest"), nn.Conv1d(a, b, 5, padding=2)), b,
                     n_classes, cbn, *sound) for a, b in zip(widths, widths[1:]))
@@ -3124,12 +3144,13 @@ class OtherGenerator(nn.Module):
         widths = (8 * c, 4 * c, 2 * c, c, max(1, c // 2)) if arch == "conv2d" else (8 * c, 4 * c, 2 * c, c)
         self.shape = (widths[0], n_mels // 16, n_frames // 16)
         self.embed = nn.Embedding(n_classes, embed_dim)
-        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)),
-                                nn.BatchNorm1d(math.prod(self.shape)), nn.ReLU())
+        sound = (norm_frames or n_frames, n_frames)
+        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)), seed_norm(self.shape, *sound),
+                                nn.ReLU())
         conditional = cond == "cbn" and arch != "seed"
         up = (lambda a, b: nn.ConvTranspose2d(a, b, 4, 2, 1)) if arch == "seed" else (
             lambda a, b: nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)))
-        self.blocks = nn.ModuleList(UpBlock(up(a, b), b, n_classes, conditional, norm_frames or n_frames, n_frames)
+        self.blocks = nn.ModuleList(UpBlock(up(a, b), b, n_classes, conditional, *sound)
                                     for a, b in zip(widths, widths[1:]))
         # seed: the fourth upsampling is the output layer itself
         self.out = nn.ConvTranspose2d(c, 1, 4, 2, 1) if arch == "seed" else nn.Conv2d(widths[-1], 1, 3, padding=1)

@@ -86,6 +86,9 @@ MUTATIONS = [
     ("norm_frames ignored: BatchNorm statistics over every frame",
      "if not self.training or keep >= x.shape[-1]:",
      "if True:"),
+    ("the generator's seed normalised per feature after the clips too",
+     "return nn.BatchNorm1d(math.prod(shape)) if frames >= of else SeedBatchNorm(shape, frames, of)",
+     "return nn.BatchNorm1d(math.prod(shape))"),
 ]
 
 

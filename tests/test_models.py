@@ -1,5 +1,8 @@
 """Generator and critic shapes, label conditioning, and the gradient penalty."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -216,8 +219,26 @@ def test_sound_batchnorm_takes_its_statistics_from_the_frames_that_hold_sound(sh
 def test_every_generator_design_takes_batchnorm_statistics_over_norm_frames():
     for arch in ARCHS:
         cfg = tag.Config(arch=arch, n_mels=16, n_frames=64, norm_frames=16, latent_dim=10, embed_dim=5, g_channels=4)
-        norms = [m.norm for m in tag.build_models(cfg, 3)[0].modules() if isinstance(m, tag.CondBatchNorm)]
-        assert len(norms) >= 3 and all((n.frames, n.of) == (16, 64) for n in norms), arch
+        generator = tag.build_models(cfg, 3)[0]
+        norms = [m.norm for m in generator.modules() if isinstance(m, tag.CondBatchNorm)] + [generator.fc[1]]
+        assert len(norms) >= 4 and all((n.frames, n.of) == (16, 64) for n in norms), arch
+        assert isinstance(generator.fc[1], tag.SeedBatchNorm) and generator.fc[1].shape == generator.shape, arch
+        whole = tag.build_models(dataclasses.replace(cfg, norm_frames=64), 3)[0]  # clips fill it: DCGAN's, per feature
+        assert type(whole.fc[1]) is nn.BatchNorm1d and whole.fc[1].num_features == math.prod(whole.shape), arch
+
+
+@pytest.mark.core
+def test_the_generator_can_keep_its_seed_quiet_after_the_clips():
+    torch.manual_seed(0)
+    generator = tag.Generator(8, 3, 16, 64, channels=2, embed_dim=4, norm_frames=16)  # seed (16, 4): 1 position sound
+    with torch.no_grad():  # an fc that has learnt to leave the seed positions after the clips almost quiet
+        fc = generator.fc[0]
+        fc.weight.view(16, 4, -1)[:, 1:] *= 1e-3
+        fc.bias.view(16, 4)[:, 1:] *= 1e-3
+    z, labels = torch.randn(32, 8), torch.arange(32) % 3
+    seed = generator.fc(torch.cat([z, generator.embed(labels)], 1)).view(32, 16, 4)  # (B, C, positions), training mode
+    assert seed[..., 0].std(0).mean() > 0.3  # the sound's position: normalised, about half of it ReLU-active
+    assert seed[..., 1:].std(0).max() < 0.01  # the silence's stay still (no z-noise), not held at unit variance
 
 
 class FakeData:
