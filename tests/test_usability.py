@@ -294,11 +294,13 @@ def test_norm_frames_auto_is_where_the_clips_are_said_stored_and_kept_on_resume(
     tag.train(tiny_config(tiny_dataset, out, n_frames=128, epochs=2, resume=True))  # auto again: the run's own 64
     with pytest.raises(SystemExit, match="norm_frames: checkpoint 64, now 32"):
         tag.train(tiny_config(tiny_dataset, out, n_frames=128, norm_frames=32, epochs=3, resume=True))
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    del ckpt["config"]["norm_frames"]  # as the script wrote it before --norm_frames: statistics over every frame
-    torch.save(ckpt, out / "checkpoint.pt")
-    tag.train(tiny_config(tiny_dataset, out, n_frames=128, epochs=3, resume=True))
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 128
+    old = tmp_path / "old"  # as the script wrote it before --norm_frames: statistics over every frame, no such key
+    tag.train(tiny_config(tiny_dataset, old, n_frames=128, norm_frames=128))
+    ckpt = torch.load(old / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["norm_frames"]
+    torch.save(ckpt, old / "checkpoint.pt")
+    tag.train(tiny_config(tiny_dataset, old, n_frames=128, epochs=2, resume=True))
+    assert torch.load(old / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 128
     tag.train(tiny_config(tiny_dataset, tmp_path / "auto", n_frames=0))  # at the data's own size: every frame
     assert torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 64
 
