@@ -270,13 +270,14 @@ class SeedBatchNorm(SoundBatchNorm):
         return super().forward(x.view(len(x), *self.shape)).flatten(1)
 
 
-def seed_norm(shape, frames, of):
-    """The BatchNorm of a generator's seed of shape (C, [H,] P): per feature (each channel at each position), as
-    DCGAN's, when clips fill the example. That holds every feature at unit variance, so when clips are shorter the
-    positions after them carry as much z-noise as the sound's, and quieting one means moving its gain from 1 to 0:
-    more steps than a run has at lr 2e-4. Then per channel, from the positions where clips are (as the UpBlocks): the
-    fc's weights can quiet a position."""
-    return nn.BatchNorm1d(math.prod(shape)) if frames >= of else SeedBatchNorm(shape, frames, of)
+def seed_fc(in_features, shape, frames, of):
+    """A generator's first layer: Linear to a flat seed of shape (C, [H,] P), BatchNorm, ReLU. The BatchNorm is per
+    feature (each channel at each position), as DCGAN's, when clips fill the example. That holds every feature at unit
+    variance, so when clips are shorter the positions after them carry as much z-noise as the sound's, and quieting one
+    means moving its gain from 1 to 0: more steps than a run has at lr 2e-4. Then per channel, from the positions where
+    clips are (as the UpBlocks): the Linear's weights can quiet a position."""
+    norm = nn.BatchNorm1d(math.prod(shape)) if frames >= of else SeedBatchNorm(shape, frames, of)
+    return nn.Sequential(nn.Linear(in_features, math.prod(shape)), norm, nn.ReLU())
 
 
 class CondBatchNorm(nn.Module):
@@ -323,8 +324,7 @@ class Generator(nn.Module):
         sound = (norm_frames or n_frames, n_frames)  # BatchNorm statistics over the first norm_frames (all if 0)
         self.shape = (widths[0], n_frames // 16)
         self.embed = nn.Embedding(n_classes, embed_dim)
-        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)), seed_norm(self.shape, *sound),
-                                nn.ReLU())
+        self.fc = seed_fc(latent_dim + embed_dim, self.shape, *sound)
         self.blocks = nn.ModuleList(
             UpBlock(nn.Sequential(nn.Upsample(scale_factor=(2,), mode="nearest"), nn.Conv1d(a, b, 5, padding=2)), b,
                     n_classes, cbn, *sound) for a, b in zip(widths, widths[1:]))
@@ -3145,8 +3145,7 @@ class OtherGenerator(nn.Module):
         self.shape = (widths[0], n_mels // 16, n_frames // 16)
         self.embed = nn.Embedding(n_classes, embed_dim)
         sound = (norm_frames or n_frames, n_frames)
-        self.fc = nn.Sequential(nn.Linear(latent_dim + embed_dim, math.prod(self.shape)), seed_norm(self.shape, *sound),
-                                nn.ReLU())
+        self.fc = seed_fc(latent_dim + embed_dim, self.shape, *sound)
         conditional = cond == "cbn" and arch != "seed"
         up = (lambda a, b: nn.ConvTranspose2d(a, b, 4, 2, 1)) if arch == "seed" else (
             lambda a, b: nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(a, b, 3, padding=1)))

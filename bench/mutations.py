@@ -87,8 +87,8 @@ MUTATIONS = [
      "if not self.training or keep >= x.shape[-1]:",
      "if True:"),
     ("the generator's seed normalised per feature after the clips too",
-     "return nn.BatchNorm1d(math.prod(shape)) if frames >= of else SeedBatchNorm(shape, frames, of)",
-     "return nn.BatchNorm1d(math.prod(shape))"),
+     "norm = nn.BatchNorm1d(math.prod(shape)) if frames >= of else SeedBatchNorm(shape, frames, of)",
+     "norm = nn.BatchNorm1d(math.prod(shape))"),
 ]
 
 

@@ -233,10 +233,10 @@ def test_the_generator_can_keep_its_seed_quiet_after_the_clips():
     generator = tag.Generator(8, 3, 16, 64, channels=2, embed_dim=4, norm_frames=16)  # seed (16, 4): 1 position sound
     with torch.no_grad():  # an fc that has learnt to leave the seed positions after the clips almost quiet
         fc = generator.fc[0]
-        fc.weight.view(16, 4, -1)[:, 1:] *= 1e-3
-        fc.bias.view(16, 4)[:, 1:] *= 1e-3
+        fc.weight.view(*generator.shape, -1)[:, 1:] *= 1e-3
+        fc.bias.view(generator.shape)[:, 1:] *= 1e-3
     z, labels = torch.randn(32, 8), torch.arange(32) % 3
-    seed = generator.fc(torch.cat([z, generator.embed(labels)], 1)).view(32, 16, 4)  # (B, C, positions), training mode
+    seed = generator.fc(torch.cat([z, generator.embed(labels)], 1)).view(32, *generator.shape)  # (B, C, positions)
     assert seed[..., 0].std(0).mean() > 0.3  # the sound's position: normalised, about half of it ReLU-active
     assert seed[..., 1:].std(0).max() < 0.01  # the silence's stay still (no z-noise), not held at unit variance
 
