@@ -2480,13 +2480,17 @@ class Evaluator:
         """Metrics of generated log-mels (N, n_mels, T) whose intended classes are labels (N,); vocoder None = G-L."""
         return self.compare(self.heard_set(self.hear(logmel, vocoder), labels), self.held_set)
 
-    def evaluate(self, generator, scale, vocoder, epoch):
-        """Score as many generated clips per class as are held out (or eval_samples); append them to
-        eval_metrics.csv and redraw the plot."""
+    def generated(self, generator, scale, latent_dim=None):
+        """(log-mels (N, n_mels, T), classes (N,)): as many generated clips per class as are held out (or
+        eval_samples), from noise of the evaluator's own (seed + 1), the same at every epoch. latent_dim: the run's."""
         per_class = self.cfg.eval_samples or self.counts
         noise, labels = (t.to(self.device) for t in seeded_noise(range(len(self.classes)), per_class,
-                                                                  self.cfg.latent_dim, self.cfg.seed + 1))
-        m = self.score(sample_logmels(generator, noise, labels, scale), labels, vocoder)
+                                                                  latent_dim or self.cfg.latent_dim, self.cfg.seed + 1))
+        return sample_logmels(generator, noise, labels, scale), labels
+
+    def evaluate(self, generator, scale, vocoder, epoch):
+        """Score the generated clips; append them to eval_metrics.csv and redraw the plot."""
+        m = self.score(*self.generated(generator, scale), vocoder)
         print(self.report(m, f"eval epoch {epoch}"))
         rounded = lambda d, prefix="": {f"{prefix}{k}": round(d[k], 4) for k in EVAL_METRICS}
         row = {"epoch": epoch, "eval_set": self.eval_set, "n": m["n"], **rounded(m),

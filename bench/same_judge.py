@@ -5,8 +5,8 @@ silence. Two clip lengths' figures from their own judges differ by the judges as
         runs/gpu_per_step/default-42/checkpoint.pt runs/f256/seednorm/default-42/checkpoint.pt
 
 --data, --n_frames and --out name the judge as bench/quality.py does (copy its mel_cache into --out to reuse it). Each
-generator is sampled as quality.py samples it (the EMA one when there is one, the judge's noise: seed + 1, as many
-clips per class as are held out).
+generator is sampled as quality.py samples it (the EMA one when there is one; Evaluator.generated: the judge's noise,
+as many clips per class as are held out).
 """
 import argparse
 import os
@@ -42,11 +42,8 @@ def main():
         generator, ckpt, cfg, scale, _ = tag.load_generator(cfg)
         if list(ckpt["classes"]) != list(evaluator.classes):
             sys.exit(f"{path}: classes {ckpt['classes']} are not the judge's {evaluator.classes}")
-        noise, labels = tag.seeded_noise(range(len(evaluator.classes)), evaluator.counts, cfg.latent_dim,
-                                         evaluator.cfg.seed + 1)
-        logmel = tag.sample_logmels(generator.to(evaluator.device), noise.to(evaluator.device),
-                                    labels.to(evaluator.device), scale)
-        m = evaluator.score(padded(logmel, args.n_frames), labels.to(evaluator.device), vocoder)
+        logmel, labels = evaluator.generated(generator.to(evaluator.device), scale, cfg.latent_dim)
+        m = evaluator.score(padded(logmel, args.n_frames), labels, vocoder)
         print(f"| {path} | {logmel.shape[-1]} | {m['accuracy']:.3f} | {min(m['per_class']):.2f} | "
               f"{m['frechet']:.2f} ({m['frechet'] / f['frechet']:.2f}x) | {m['kid']:.4f} |", flush=True)
     print(f"| *real test clips* | {args.n_frames} | {f['accuracy']:.3f} | {min(f['per_class']):.2f} | "
