@@ -1,4 +1,4 @@
-"""Two critic ideas of issue #18 that the script does not have, screened with bench/quality.py's protocol and judge.
+"""Critic ideas of issues #18 and #32 that the script does not have, screened with bench/quality.py's protocol and judge.
 
     python bench/critic_ideas.py --steps 1250 --seeds 42,43 --variants default,feature_matching,freq_dilated
 
@@ -9,6 +9,13 @@ Every argument is quality.py's; --variants may also name the ideas below, each t
 - freq_dilated: the conv2d critic's first layer is four 3x4 convolutions dilated 1, 2, 4 and 8 bins in frequency
   (c/4 channels each, concatenated), so the first layer spans up to 17 mel bins, several harmonics, where a 4x4
   kernel spans 4. Same output shape, about the same cost.
+- cepstral_view (#32): the critic also sees each frame's cepstrum, as a second input channel beside the log-mel: the
+  mel spread back over the linear bins below 4 kHz (each bin the weighted mean of the mel bands over it), its log, the
+  inverse FFT, the
+  quefrencies of pitches 83-500 Hz (80 of them, one per mel bin). Stripes at whole multiples of one pitch make a peak
+  there; generated clips' stripes are less so (bench/kid_probe.py's harmonicity), and a 4x4 kernel on the mel cannot
+  see it. Differentiable, so the penalty and the generator's gradient pass through it (a pseudo-inverse instead
+  drove the penalty to 1e5: its log of near-cancelling sums has no bound on its gradient; weighted means have 1).
 They patch the script from here, not the product: what does not win stays out of train_audio_gan.py.
 """
 import dataclasses
@@ -23,7 +30,7 @@ import quality  # noqa: E402  (bench/quality.py: the protocol, the judge, the ta
 
 tag = quality.tag
 FM_WEIGHTS = {"feature_matching": 10.0, "feature_matching100": 100.0}
-IDEAS = (*FM_WEIGHTS, "freq_dilated")
+IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view")
 active = {"idea": "default"}  # the variant being built: quality.py trains them one at a time
 
 
@@ -61,6 +68,29 @@ class FreqDilated(nn.Module):
         return torch.cat([conv(x) for conv in self.convs], 1)  # (B, c, n_mels / 2, n_frames / 2)
 
 
+class CepstralView(nn.Module):
+    """A critic fed (mel, its cepstrum) as two channels: its first layer takes 2 input channels instead of 1."""
+
+    def __init__(self, critic, cfg, top_hz=4000.0, first=16, scale=30.0):
+        super().__init__()
+        fb = tag.mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)  # (n_mels, n_freqs)
+        n = int(top_hz * cfg.n_fft / cfg.sample_rate)  # linear bins below top_hz
+        self.register_buffer("inverse", (fb / fb.sum(0).clamp(min=1e-8)).T[:n])  # (n, n_mels), rows sum to 1 (or 0)
+        self.quefrencies, self.scale = slice(first, first + cfg.n_mels), scale  # scale: real cepstra to about unit std
+        conv = critic.features[0]
+        critic.features[0] = nn.Conv2d(2, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+        self.critic = critic
+
+    def cepstrum(self, mel):  # (B, 1, n_mels, T) in the GAN's scale -> (B, 1, n_mels, T)
+        logmel = tag.GanScale().from_gan(mel.float().squeeze(1))
+        spectrum = (torch.einsum("fm,bmt->bft", self.inverse, logmel.exp()) + 1e-5).log()  # (B, n, T)
+        cepstrum = torch.fft.irfft(spectrum - spectrum.mean(1, keepdim=True), n=2 * len(self.inverse), dim=1)
+        return (self.scale * cepstrum[:, self.quefrencies]).unsqueeze(1).to(mel.dtype)
+
+    def forward(self, mel, labels):
+        return self.critic(torch.cat([mel, self.cepstrum(mel)], 1), labels)
+
+
 base_build_models, base_run_config = tag.build_models, quality.run_config
 
 
@@ -69,6 +99,8 @@ def build_models(cfg, n_classes):
     if active["idea"] == "freq_dilated":
         first = critic.features[0]
         critic.features[0] = FreqDilated(first.in_channels, first.out_channels)
+    if active["idea"] == "cepstral_view":
+        critic = CepstralView(critic, cfg)
     if active["idea"] in FM_WEIGHTS:
         critic = FeatureMatching(critic, FM_WEIGHTS[active["idea"]])
     return generator, critic

@@ -26,23 +26,36 @@ def padded(logmel, n_frames):
     return torch.nn.functional.pad(logmel, (0, n_frames - logmel.shape[-1]), value=tag.LOG_FLOOR)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def judge_from_flags(description):
+    """(flags, evaluator, vocoder): checkpoints and the judge named by --data, --n_frames and --out, as quality.py
+    names it."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files of runs on the judge's classes")
     p.add_argument("--data", default=os.path.join(quality.REPO, "..", "shared", "data", "fsdd"))
     p.add_argument("--n_frames", type=int, default=64, help="the judge's clip length")
     p.add_argument("--out", default=os.path.join(quality.REPO, "runs", "quality"), help="the judge's caches")
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
-    evaluator, vocoder = quality.judge(args.data, args.out, args.device, args.n_frames)
-    f = evaluator.floor
-    print(f"| checkpoint | frames | accuracy | worst class | Frechet (x floor) | KID (real 0) |\n|---|---|---|---|---|---|")
-    for path in args.checkpoints:
-        cfg = tag.Config(mode="evaluate", checkpoint=path, device=args.device)
-        generator, ckpt, cfg, scale, _ = tag.load_generator(cfg)
+    return (args, *quality.judge(args.data, args.out, args.device, args.n_frames))
+
+
+def generators(paths, evaluator):
+    """(path, generator on the judge's device, its config, its GanScale) of each checkpoint; one of other classes than
+    the judge's is refused."""
+    for path in paths:
+        generator, ckpt, cfg, scale, _ = tag.load_generator(tag.Config(mode="evaluate", checkpoint=path,
+                                                                        device=str(evaluator.device)))
         if list(ckpt["classes"]) != list(evaluator.classes):
             sys.exit(f"{path}: classes {ckpt['classes']} are not the judge's {evaluator.classes}")
-        logmel, labels = evaluator.generated(generator.to(evaluator.device), scale, cfg.latent_dim)
+        yield path, generator.to(evaluator.device), cfg, scale
+
+
+def main():
+    args, evaluator, vocoder = judge_from_flags(__doc__.split("\n\n")[0])
+    f = evaluator.floor
+    print("| checkpoint | frames | accuracy | worst class | Frechet (x floor) | KID (real 0) |\n|---|---|---|---|---|---|")
+    for path, generator, cfg, scale in generators(args.checkpoints, evaluator):
+        logmel, labels = evaluator.generated(generator, scale, cfg.latent_dim)
         m = evaluator.score(padded(logmel, args.n_frames), labels, vocoder)
         print(f"| {path} | {logmel.shape[-1]} | {m['accuracy']:.3f} | {min(m['per_class']):.2f} | "
               f"{m['frechet']:.2f} ({m['frechet'] / f['frechet']:.2f}x) | {m['kid']:.4f} |", flush=True)

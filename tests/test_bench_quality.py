@@ -1,5 +1,6 @@
 """bench/quality.py: a budget in minutes must still let the default's lr decay to 0 by the end of the run;
-bench/same_judge.py: shorter clips are padded with silence."""
+bench/same_judge.py: shorter clips are padded with silence; bench/kid_probe.py: its harmonicity tells a voice's stripes
+from stripes at no common pitch."""
 import os
 import sys
 
@@ -9,6 +10,7 @@ from conftest import tag
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 import quality  # noqa: E402  (bench/quality.py)
+import kid_probe  # noqa: E402  (bench/kid_probe.py)
 import same_judge  # noqa: E402  (bench/same_judge.py)
 
 
@@ -28,3 +30,17 @@ def test_same_judge_pads_shorter_clips_with_silence_and_refuses_longer():
     assert (x[..., 64:] == tag.LOG_FLOOR).all()  # HiFi-GAN's silence, as after every real clip
     with pytest.raises(SystemExit, match="64 frames, more than the judge's 16"):
         same_judge.padded(clips, 16)
+
+
+def test_kid_probe_harmonicity_tells_whole_multiples_of_one_pitch_from_partials_at_no_common_pitch():
+    cfg, t = tag.Config(), torch.arange(11025) / 22050  # 0.5 s
+    rng = torch.Generator().manual_seed(0)
+    tone = lambda hz: sum(torch.sin(2 * torch.pi * f * t) for f in hz) / len(hz)  # equal partials, 150 Hz - 3 kHz
+    voiced = tone([150.0 * k for k in range(1, 21)])
+    scattered = tone((150 + 2850 * torch.rand(20, generator=rng)).tolist())
+    mel = tag.MelSpectrogram(cfg)(torch.stack([voiced, scattered]))  # (2, n_mels, T)
+    assert kid_probe.harmonicity(mel[:1], cfg) > 1.5 * kid_probe.harmonicity(mel[1:], cfg)
+    assert kid_probe.kept(mel, mel) == pytest.approx(1.0)
+    depth, on = kid_probe.comb(mel)
+    smooth = torch.nn.functional.avg_pool1d(mel.transpose(1, 2), 9, 1, 4, count_include_pad=False).transpose(1, 2)
+    assert on.all() and kid_probe.kept(mel, smooth) < 0.5  # stripes smeared across bins lose their depth

@@ -1,4 +1,4 @@
-"""bench/critic_ideas.py, the two critic ideas screened for issue #18: each must change what it claims and nothing else,
+"""bench/critic_ideas.py, the critic ideas screened for issues #18 and #32: each must change what it claims and nothing else,
 or its row in bench/RESULTS.md measures something else."""
 import os
 import sys
@@ -37,3 +37,19 @@ def test_feature_matching_adds_its_term_to_the_generator_step_only():
     assert torch.allclose(fm, fm[0].expand(4)) and fm[0] > 0
     wrapped.real = [h.detach().mean(0) for h in wrapped.taken]  # real features = the fakes' own: nothing to match
     assert torch.allclose(wrapped(fake, labels)[0], plain)
+
+
+def test_cepstral_view_shows_a_voice_s_pitch_as_a_peak_and_takes_the_penalty():
+    cfg, t = tag.Config(), torch.arange(22050) / 22050
+    voiced = sum(torch.sin(2 * torch.pi * 150.0 * k * t) for k in range(1, 21)) / 20  # 150 Hz, 20 harmonics
+    mel = tag.GanScale().to_gan(tag.MelSpectrogram(cfg)(voiced[None])[..., :64]).unsqueeze(1)  # (1, 1, 80, 64)
+    torch.manual_seed(0)
+    view = critic_ideas.CepstralView(tag.Critic(3, 80, 64, channels=4), cfg)
+    assert view.critic.features[0].in_channels == 2  # the mel and its cepstrum
+    q = view.cepstrum(mel)[0, 0].mean(-1)  # (80,) over quefrencies 16..95
+    # stripes 150 Hz apart = 6.97 bins of 21.5 Hz: the cepstrum (2 x 185 bins) peaks at 370 / 6.97 = 53, row 53 - 16 = 37
+    assert q.argmax().item() == 37
+    real, fake = mel.repeat(2, 1, 1, 1), torch.randn(2, 1, 80, 64).clamp(-1, 1)
+    gp = tag.gradient_penalty(view, real, fake, torch.tensor([0, 1]))
+    gp.backward()  # the double backward passes through the cepstrum
+    assert torch.isfinite(gp) and view.critic.features[0].weight.grad[:, 1].abs().sum() > 0
