@@ -97,15 +97,15 @@ class CepstralView(nn.Module):
         return self.critic(torch.cat([mel, self.cepstrum(mel)], 1), labels)
 
 
-class HarmonicHead(nn.Module):
-    """The default Generator with a harmonic comb added to its output before tanh: log(comb + 0.05) nats, times a
-    voicing gain of 0-2 per frame, at a pitch of 80-400 Hz per frame; both from a conv on the last block's features.
-    grid: the pitch is a softmax over that many log-spaced pitches, the stripes the mix of theirs (precomputed)."""
+class HarmonicOut(nn.Module):
+    """A Generator's output conv (its `out`) that adds a harmonic comb before the tanh: log(comb + 0.05) nats, times a
+    voicing gain of 0-2 per frame, at a pitch of 80-400 Hz per frame; both from a conv on the same features. grid: the
+    pitch is a softmax over that many log-spaced pitches, the stripes the mix of theirs (precomputed)."""
 
-    def __init__(self, generator, cfg, sharpness=8.0, top_hz=4000.0, grid=0):
+    def __init__(self, out, cfg, sharpness=8.0, top_hz=4000.0, grid=0):
         super().__init__()
-        self.generator, self.sharpness, self.grid = generator, sharpness, grid
-        self.pitch = nn.Conv1d(generator.out.in_channels, (grid or 1) + 1, 5, padding=2)  # pitch, then voicing
+        self.out, self.sharpness, self.grid = out, sharpness, grid
+        self.pitch = nn.Conv1d(out.in_channels, (grid or 1) + 1, 5, padding=2)  # pitch, then voicing
         nn.init.zeros_(self.pitch.weight)
         nn.init.zeros_(self.pitch.bias)
         self.pitch.bias.data[-1] = -2.0  # voicing 0.24 at the start (and 179 Hz, or every pitch of the grid alike)
@@ -123,11 +123,7 @@ class HarmonicHead(nn.Module):
         comb = ((1 + torch.cos(2 * torch.pi * self.hz[:, None] / f0[:, None, :])) / 2) ** self.sharpness  # (B, n, T)
         return (torch.einsum("mf,bft->bmt", self.bands, comb) + 0.05).log() * self.share[:, None]
 
-    def forward(self, z, labels):
-        g = self.generator
-        h = g.fc(torch.cat([z, g.embed(labels)], 1)).view(-1, *g.shape)
-        for block in g.blocks:
-            h = block(h, labels)  # (B, 4c, T)
+    def forward(self, h):  # the last block's features (B, 4c, T) -> pre-tanh mel (B, n_mels, T)
         out = self.pitch(h).float()
         pitch, voicing = out[:, :-1], out[:, -1]  # (B, grid or 1, T), (B, T)
         if self.grid:
@@ -135,7 +131,7 @@ class HarmonicHead(nn.Module):
         else:
             stripes = self.stripes(80.0 * 5.0 ** torch.sigmoid(pitch[:, 0]))  # 80-400 Hz
         gain = 2 * torch.sigmoid(voicing)[:, None] * (2.0 / tag.AFFINE_SPAN)  # nats -> the GAN's units
-        return g.act(g.out(h) + (gain * stripes).to(h.dtype)).unsqueeze(1)  # (B, 1, n_mels, T)
+        return self.out(h) + (gain * stripes).to(h.dtype)
 
 
 base_build_models, base_run_config = tag.build_models, quality.run_config
@@ -146,10 +142,8 @@ def build_models(cfg, n_classes):
     if active["idea"] == "freq_dilated":
         first = critic.features[0]
         critic.features[0] = FreqDilated(first.in_channels, first.out_channels)
-    if active["idea"] == "harmonic_head":
-        generator = HarmonicHead(generator, cfg)
-    if active["idea"] == "harmonic_grid":
-        generator = HarmonicHead(generator, cfg, grid=48)
+    if active["idea"] in ("harmonic_head", "harmonic_grid"):  # the Generator's forward runs as it is
+        generator.out = HarmonicOut(generator.out, cfg, grid=48 if active["idea"] == "harmonic_grid" else 0)
     if active["idea"] == "cepstral_view":
         critic = CepstralView(critic, cfg)
     if active["idea"] in FM_WEIGHTS:

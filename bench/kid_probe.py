@@ -75,14 +75,24 @@ def row(ev, name, mel, labels, heard, against, truncated=float("nan")):
             f"{size(heard_set[1]) / size(ev.held_set[1]):.2f} | {m['accuracy']:.3f} |")
 
 
+class Truncated(torch.nn.Module):
+    """A generator fed its noise scaled by `factor` (BigGAN's truncation trick, in its simplest form)."""
+
+    def __init__(self, generator, factor):
+        super().__init__()
+        self.generator, self.factor = generator, factor
+
+    def forward(self, z, labels):
+        return self.generator(self.factor * z, labels)
+
+
 def main():
     args, ev, vocoder = same_judge.judge_from_flags(__doc__.split("\n\n")[0])
     print("| clips | KID mel | KID heard | KID z*0.8 | harmonicity mel | heard | comb mel | kept | diversity (x real) "
           "| embedding (x real) | accuracy |\n|---|---|---|---|---|---|---|---|---|---|---|")
     for path, generator, cfg, scale in same_judge.generators(args.checkpoints, ev):
         mel, labels = ev.generated(generator, scale, cfg.latent_dim)
-        noise, _ = tag.seeded_noise(range(len(ev.classes)), ev.counts, cfg.latent_dim, ev.cfg.seed + 1)
-        truncated = tag.sample_logmels(generator, 0.8 * noise.to(ev.device), labels, scale)
+        truncated, _ = ev.generated(Truncated(generator, 0.8), scale, cfg.latent_dim)  # the same noise, x 0.8
         print(row(ev, path, mel, labels, ev.hear(mel, vocoder), ev.held_set,
                   ev.score(truncated, labels, vocoder)["kid"]), flush=True)
     with tag.own_rng(ev.device):
