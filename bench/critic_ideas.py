@@ -22,6 +22,11 @@ Every argument is quality.py's; --variants may also name the ideas below, each t
   generated stripes 15 % less harmonic than real ones). About 15 % more generator cost.
 - harmonic_grid: the same, the pitch a softmax over 48 log-spaced pitches (80-400 Hz) and the stripes the mix of
   theirs: harmonic_head's pitch did not move from its start (the gradient through a cosine in 1/f0 is no guide).
+- band_pool (#32, music): the critic's label projection and auxiliary classifier see each mel band's features
+  (summed over time only: 8c x n_mels/16 of them) instead of one sum over the whole plane. Summed over frequency, a
+  feature says what is there but not in which band; at 3,500 steps on the music set the default critic's own classifier
+  called 34 % of the real training organs and 40 % of the flutes violin (72 % right in all), and the generator's
+  organs were heard as violin and piano.
 They patch the script from here, not the product: what does not win stays out of train_audio_gan.py.
 """
 import dataclasses
@@ -36,7 +41,7 @@ import quality  # noqa: E402  (bench/quality.py: the protocol, the judge, the ta
 
 tag = quality.tag
 FM_WEIGHTS = {"feature_matching": 10.0, "feature_matching100": 100.0}
-IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid")
+IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool")
 active = {"idea": "default"}  # the variant being built: quality.py trains them one at a time
 
 
@@ -97,6 +102,21 @@ class CepstralView(nn.Module):
         return self.critic(torch.cat([mel, self.cepstrum(mel)], 1), labels)
 
 
+class BandPooled(tag.Critic):
+    """The default Critic whose label projection and classifier take each band's features, pooled over time only."""
+
+    def __init__(self, n_classes, n_mels, n_frames, channels):
+        super().__init__(n_classes, n_mels, n_frames, channels)
+        self.embed = nn.Embedding(n_classes, self.classify.in_features * (n_mels // 16))
+        self.classify = nn.Linear(self.embed.embedding_dim, n_classes)
+
+    def forward(self, mel, labels):
+        h = self.features(mel)  # (B, 8c, n_mels / 16, n_frames / 16)
+        pooled = h.sum(3).flatten(1)  # (B, 8c * n_mels / 16): what each band holds, summed over time
+        score = self.fc(h.flatten(1)).squeeze(1) + (self.embed(labels) * pooled).sum(1)
+        return score, self.classify(pooled / h.shape[3])
+
+
 class HarmonicOut(nn.Module):
     """A Generator's output conv (its `out`) that adds a harmonic comb before the tanh: log(comb + 0.05) nats, times a
     voicing gain of 0-2 per frame, at a pitch of 80-400 Hz per frame; both from a conv on the same features. grid: the
@@ -144,6 +164,8 @@ def build_models(cfg, n_classes):
         critic.features[0] = FreqDilated(first.in_channels, first.out_channels)
     if active["idea"] in ("harmonic_head", "harmonic_grid"):  # the Generator's forward runs as it is
         generator.out = HarmonicOut(generator.out, cfg, grid=48 if active["idea"] == "harmonic_grid" else 0)
+    if active["idea"] == "band_pool":
+        critic = BandPooled(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels)
     if active["idea"] == "cepstral_view":
         critic = CepstralView(critic, cfg)
     if active["idea"] in FM_WEIGHTS:

@@ -9,6 +9,7 @@ from torch import nn
 from conftest import tag
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import class_probe  # noqa: E402  (bench/class_probe.py)
 import critic_ideas  # noqa: E402  (bench/critic_ideas.py)
 import kid_probe  # noqa: E402  (bench/kid_probe.py)
 
@@ -92,3 +93,39 @@ def test_harmonic_grid_mixes_the_stripes_of_its_pitches_by_softmax():
         head.pitch.bias[:48] = 0.0  # every pitch alike: their stripes average out
         blur = tag.GanScale().from_gan(generator(z, labels).squeeze(1))
     assert kid_probe.harmonicity(one, cfg) > 1.5 * kid_probe.harmonicity(blur, cfg)
+
+
+def test_band_pool_tells_which_band_a_sound_is_in_where_the_default_pooling_cannot():
+    torch.manual_seed(0)
+    plain, banded = tag.Critic(2, 160, 64, channels=4), critic_ideas.BandPooled(2, 160, 64, channels=4)
+    banded.features.load_state_dict(plain.features.state_dict())
+    low, high = torch.full((2, 1, 1, 160, 64), -1.0).unbind(0)
+    low[..., 64:80, 24:40] = high[..., 96:112, 24:40] = 1.0  # one patch, 32 bins apart (2 positions of the last layer)
+    labels = torch.zeros(1, dtype=torch.long)
+    with torch.no_grad():
+        c_low, c_high = plain(low, labels)[1], plain(high, labels)[1]
+        (score, b_low), b_high = banded(low, labels), banded(high, labels)[1]
+    assert torch.allclose(c_low, c_high, atol=1e-5)  # summed over frequency: the same logits in either band
+    assert (b_low - b_high).abs().max() > 1e-3  # per band: they differ
+    assert score.shape == (1,) and b_low.shape == (1, 2)
+
+
+def test_class_probe_counts_what_a_critic_takes_each_class_for():
+    class Says(nn.Module):  # a critic whose classifier answers class 1 for everything
+        def forward(self, mel, labels):
+            return mel.sum((1, 2, 3)), torch.tensor([0.0, 1.0, 0.0]).expand(len(mel), 3)
+
+    class Data:
+        classes, labels = ["a", "b", "c"], torch.tensor([0, 0, 1, 2, 2, 2])
+
+        def crops(self, idx):
+            return torch.zeros(len(idx), 1, 8, 16), self.labels[idx]
+
+        def __len__(self):
+            return len(self.labels)
+
+    m = class_probe.critic_confusion(Says(), Data(), batch=4)
+    assert m.tolist() == [[0, 2, 0], [0, 1, 0], [0, 3, 0]]
+    assert class_probe.taken_for(m, Data.classes) == "a 0% (b 100%); c 0% (b 100%)"
+    mixed = class_probe.confusion(torch.tensor([0, 2, 1, 2]), torch.tensor([0, 0, 1, 2]), 3)
+    assert class_probe.taken_for(mixed, Data.classes) == "a 50% (c 50%)"
