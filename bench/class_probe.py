@@ -50,13 +50,12 @@ def critic_confusion(critic, data, batch=64):
     return confusion(torch.cat(predicted), data.labels, len(data.classes))
 
 
-def run_critic(path, n_classes):
-    """The checkpoint's critic, built as its run built it (a critic_ideas.py idea by its folder's name)."""
-    ckpt = tag.load_checkpoint(path)
-    cfg = tag.Config(**{k: ckpt["config"][k] for k in tag.ARCH_KEYS})
+def run_critic(path, run_cfg, n_classes):
+    """The checkpoint's critic, built as its run built it (run_cfg: the model sizes same_judge.generators read from
+    it; a critic_ideas.py idea by its folder's name)."""
     critic_ideas.active["idea"] = os.path.basename(os.path.dirname(os.path.abspath(path))).rsplit("-", 1)[0]
-    critic = critic_ideas.build_models(cfg, n_classes)[1]
-    critic.load_state_dict(ckpt["critic"])
+    critic = critic_ideas.build_models(run_cfg, n_classes)[1]
+    critic.load_state_dict(tag.load_checkpoint(path)["critic"])
     return critic.eval()
 
 
@@ -68,7 +67,7 @@ def main():
     print("| checkpoint | critic: real train | real held-out | judge: heard samples |\n|---|---|---|---|")
     lines = []
     for path, generator, run_cfg, scale in same_judge.generators(args.checkpoints, evaluator):
-        critic = run_critic(path, len(classes))
+        critic = run_critic(path, run_cfg, len(classes))
         seen = {split: critic_confusion(critic, data) for split, data in clips.items()}
         logmel, labels = evaluator.generated(generator, scale, run_cfg.latent_dim)
         heard = evaluator.heard_set(evaluator.hear(logmel, vocoder), labels)
