@@ -6,8 +6,10 @@ critic that cannot tell two classes apart gives the generator no reason to eithe
 
 --data, --n_frames and --out name the judge as bench/quality.py does. For each checkpoint: the accuracy of its
 critic's own auxiliary classifier on every real training clip and every held-out one (one crop each, as the critic
-sees them in training), the judge's accuracy on the run's heard samples (Evaluator.generated: quality.py's figure),
-and for every class either gets below 80 % right, what they take it for. A run of bench/critic_ideas.py (a folder
+sees them in training), the judge's accuracy on the run's samples as the GAN made them (its log-mels, before the
+vocoder) and as heard (Evaluator.generated, through the vocoder: quality.py's figure), and for every class any of them
+gets below 80 % right, what it is taken for. Last, the same judge on the real held-out clips, as they are (the floor)
+and heard through the vocoder (the ceiling): what the vocoder alone mistakes. A run of bench/critic_ideas.py (a folder
 named <idea>-<seed>) gets that idea's critic.
 """
 import dataclasses
@@ -50,6 +52,12 @@ def critic_confusion(critic, data, batch=64):
     return confusion(torch.cat(predicted), data.labels, len(data.classes))
 
 
+def judged(evaluator, logmel, labels):
+    """The judge on log-mels (N, n_mels, T) of classes labels, as a confusion matrix."""
+    logits = evaluator.heard_set(logmel, labels)[0]
+    return confusion(logits.argmax(1).cpu(), labels.cpu(), len(evaluator.classes))
+
+
 def run_critic(path, run_cfg, n_classes):
     """The checkpoint's critic, built as its run built it (run_cfg: the model sizes same_judge.generators read from
     it; a critic_ideas.py idea by its folder's name)."""
@@ -64,20 +72,28 @@ def main():
     cfg, classes = evaluator.cfg, evaluator.classes
     clips = {split: tag.MelClips(dataclasses.replace(cfg, base_path=os.path.join(args.data, split)),
                                  torch.device("cpu")) for split in ("train", "test")}
-    print("| checkpoint | critic: real train | real held-out | judge: heard samples |\n|---|---|---|---|")
+    right = lambda m: f"{(m.diag().sum() / m.sum()).item():.3f}"
+    print("| checkpoint | critic: real train | real held-out | judge: GAN's mels | heard |\n|---|---|---|---|---|")
     lines = []
     for path, generator, run_cfg, scale in same_judge.generators(args.checkpoints, evaluator):
         critic = run_critic(path, run_cfg, len(classes))
         seen = {split: critic_confusion(critic, data) for split, data in clips.items()}
         logmel, labels = evaluator.generated(generator, scale, run_cfg.latent_dim)
-        heard = evaluator.heard_set(evaluator.hear(logmel, vocoder), labels)
-        judged = confusion(heard[0].argmax(1).cpu(), labels.cpu(), len(classes))
-        right = lambda m: f"{(m.diag().sum() / m.sum()).item():.3f}"
-        print(f"| {path} | {right(seen['train'])} | {right(seen['test'])} | {right(judged)} |", flush=True)
+        made, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
+        print(f"| {path} | {right(seen['train'])} | {right(seen['test'])} | {right(made)} | {right(heard)} |",
+              flush=True)
         lines += [f"{path}: critic on real training clips: {taken_for(seen['train'], classes)}",
-                  f"{path}: judge on heard samples: {taken_for(judged, classes)}"]
+                  f"{path}: judge on the GAN's mels: {taken_for(made, classes)}",
+                  f"{path}: judge on heard samples: {taken_for(heard, classes)}"]
+    with tag.own_rng(evaluator.device):
+        torch.manual_seed(0)  # the judge's real crops, drawn as Evaluator.__init__ draws them
+        logmel = clips["test"].logmels(torch.arange(len(clips["test"]))).to(evaluator.device)
+    labels = clips["test"].labels
+    real, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
+    print(f"| *real held-out clips (heard: the vocoder ceiling)* | | | {right(real)} | {right(heard)} |")
+    lines += [f"real held-out clips: judge on their mels: {taken_for(real, classes)}",
+              f"real held-out clips: judge on them heard through the vocoder: {taken_for(heard, classes)}"]
     print("\n".join([""] + lines))
-
 
 if __name__ == "__main__":
     main()

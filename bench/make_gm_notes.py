@@ -3,9 +3,11 @@
     apt-get install fluidsynth musescore-general-soundfont      # Debian's packages; nothing is downloaded here
     python bench/make_gm_notes.py                               # writes runs/gm_notes/{train,test}/<instrument>/*.wav
     python bench/quality.py --data runs/gm_notes --n_frames 128 --minutes 15 --seeds 42,43
+    python bench/make_gm_notes.py --seconds 4 --out runs/gm_notes4      # 4-s clips: each note held 3.5 s, then released
 
 Eight instruments (piano, marimba, church organ, nylon guitar, violin, trumpet, clarinet, flute), every semitone of
-each one's usual range at three velocities (50, 80, 110): 1.5 s clips at 22.05 kHz, each a 1 s note and its release.
+each one's usual range at three velocities (50, 80, 110): 1.5 s clips at 22.05 kHz, each a 1 s note and its release
+(`--seconds S`: S-second clips, each note held S - 0.5 s).
 The split is by pitch, so the test set holds pitches the GAN never heard: every pitch with pitch % 5 == 2 is a test
 pitch (about a fifth). Rendered once per instrument from one MIDI file of all its notes, 2 s apart (no reverb, no
 chorus), then cut at the known note-on times: the same files every run. The audio is never committed.
@@ -53,6 +55,14 @@ def midi_file(program, notes, note=NOTE, gap=GAP):
     return b"MThd" + struct.pack(">IHHH", 6, 0, 1, TICKS) + b"MTrk" + struct.pack(">I", len(track)) + track
 
 
+def timing(clip_s):
+    """(note, gap): how long each note is held and how far apart they start for clips of clip_s seconds, each one
+    keeping the default's 0.5 s release and 0.5 s of silence before the next note."""
+    if clip_s <= CLIP - NOTE:
+        raise SystemExit(f"--seconds {clip_s}: a clip must be longer than its {CLIP - NOTE} s release")
+    return clip_s - (CLIP - NOTE), clip_s + (GAP - CLIP)
+
+
 def render(program, notes, soundfont, tmp, note=NOTE, gap=GAP):
     """The notes rendered by FluidSynth as one mono float array at SR."""
     mid, wav = os.path.join(tmp, "notes.mid"), os.path.join(tmp, "notes.wav")
@@ -69,19 +79,22 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                  "runs", "gm_notes"))
+    p.add_argument("--seconds", type=float, default=CLIP, help="clip length; each note is held 0.5 s less")
     p.add_argument("--soundfont", default="", help="an .sf2/.sf3 file; default: the first of Debian's that exists")
     args = p.parse_args()
     soundfont = args.soundfont or next((s for s in SOUNDFONTS if os.path.isfile(s)), "")
     if not shutil.which("fluidsynth") or not os.path.isfile(soundfont):
         raise SystemExit("Needs fluidsynth and a General MIDI soundfont: "
                          "apt-get install fluidsynth musescore-general-soundfont")
+    clip_s = args.seconds
+    note, gap = timing(clip_s)
     counts = {"train": 0, "test": 0}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (program, low, high) in INSTRUMENTS.items():
             notes = [(pitch, v) for pitch in range(low, high + 1) for v in VELOCITIES]
-            audio = render(program, notes, soundfont, tmp)
+            audio = render(program, notes, soundfont, tmp, note, gap)
             for i, (pitch, velocity) in enumerate(notes):
-                clip = audio[round(i * GAP * SR):][:round(CLIP * SR)]
+                clip = audio[round(i * gap * SR):][:round(clip_s * SR)]
                 if np.abs(clip).max() < 1e-3:  # a note the soundfont does not sound: leave it out
                     continue
                 split = "test" if pitch % 5 == 2 else "train"

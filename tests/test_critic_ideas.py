@@ -129,3 +129,17 @@ def test_class_probe_counts_what_a_critic_takes_each_class_for():
     assert class_probe.taken_for(m, Data.classes) == "a 0% (b 100%); c 0% (b 100%)"
     mixed = class_probe.confusion(torch.tensor([0, 2, 1, 2]), torch.tensor([0, 0, 1, 2]), 3)
     assert class_probe.taken_for(mixed, Data.classes) == "a 50% (c 50%)"
+
+
+def test_class_probe_judges_the_mels_it_is_given():
+    class Judge:  # an evaluator whose judge takes the loudest of the first 3 mel bands for the class
+        classes = ["a", "b", "c"]
+
+        def heard_set(self, logmel, labels):
+            return logmel[:, :3].mean(-1), None, None, labels
+
+    mel = torch.full((4, 8, 16), -11.5)
+    for i, k in enumerate([0, 1, 1, 2]):
+        mel[i, k] = 0.0
+    m = class_probe.judged(Judge(), mel, torch.tensor([0, 0, 1, 2]))
+    assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
