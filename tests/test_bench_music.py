@@ -38,3 +38,22 @@ def test_notes_are_held_note_seconds_and_start_gap_seconds_apart():
     assert got[-1] == (round(12.5 * second), 0xFF, (0x2F, 0x00))  # the track ends a gap after the last note-off
     default = events(make_gm_notes.midi_file(19, [(60, 80), (64, 110)]))  # the 1.5-s set: 1 s notes, 2 s apart
     assert [t for t, s, _ in default if s in (0x80, 0x90)] == [0, second, 2 * second, 3 * second]
+
+
+def test_hold_probe_tells_a_held_note_from_one_that_changes_pitch():
+    import torch
+    import hold_probe  # bench/hold_probe.py
+
+    bins, frames = torch.arange(80.0).view(80, 1), 90
+    comb = lambda f0: -4 + 4 * torch.cos(2 * torch.pi * bins / f0).clamp(min=0) ** 8  # stripes every f0 bins
+    held_note = comb(9.0).expand(80, frames).clone()
+    jumped = held_note.clone()
+    jumped[:, 45:] = comb(13.0)  # the same note, another pitch from halfway on
+    decaying = held_note - torch.linspace(0, 3, frames)  # fades 26 dB: its stripes stay where they are
+    short = torch.full((80, frames), -11.5129)  # HiFi-GAN's silence, log(1e-5)
+    short[:, :8] = comb(9.0)  # 8 sounding frames only
+    got = hold_probe.held(torch.stack([held_note, jumped, decaying, short]))
+    assert got[0] > 0.99 and got[2] > 0.99
+    assert got[1] < 0.5
+    assert torch.isnan(got[3])
+    assert hold_probe.medians(got, torch.tensor([0, 0, 1, 1]), 2)[1] == got[2].item()  # nan left out
