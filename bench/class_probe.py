@@ -85,15 +85,13 @@ def main():
         lines += [f"{path}: critic on real training clips: {taken_for(seen['train'], classes)}",
                   f"{path}: judge on the GAN's mels: {taken_for(made, classes)}",
                   f"{path}: judge on heard samples: {taken_for(heard, classes)}"]
-    with tag.own_rng(evaluator.device):
-        torch.manual_seed(0)  # the judge's real crops, drawn as Evaluator.__init__ draws them
-        logmel = clips["test"].logmels(torch.arange(len(clips["test"]))).to(evaluator.device)
-    labels = clips["test"].labels
+    logmel, labels = same_judge.real_crops(evaluator, clips["test"]), clips["test"].labels
     real, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
     print(f"| *real held-out clips (heard: the vocoder ceiling)* | | | {right(real)} | {right(heard)} |")
     lines += [f"real held-out clips: judge on their mels: {taken_for(real, classes)}",
               f"real held-out clips: judge on them heard through the vocoder: {taken_for(heard, classes)}"]
     print("\n".join([""] + lines))
+
 
 if __name__ == "__main__":
     main()

@@ -13,6 +13,7 @@ most 30). Only seeded RNGs of its own are drawn; nothing is written.
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train_audio_gan as tag  # noqa: E402
 
-SOUNDING_NATS = 40 / 20 * 2.302585  # 40 dB below the loudest frame (log-mel is the log of a magnitude)
+SOUNDING_NATS = 2 * math.log(10)  # 40 dB below the loudest frame (log-mel is the log of a magnitude)
 
 
 def stripes(spectrum, width=7):
@@ -65,7 +66,7 @@ def main():
                                                     out_dir=os.path.dirname(os.path.abspath(path))),  # its mel cache
                                 torch.device("cpu"), scale)
             classes = real.classes
-            with torch.random.fork_rng():
+            with tag.own_rng(torch.device("cpu")):
                 torch.manual_seed(0)
                 real_held = held(real.logmels(torch.arange(len(real))))
             per_class = torch.bincount(real.labels, minlength=len(classes)).clamp(max=30)
@@ -74,7 +75,7 @@ def main():
             sys.exit(f"{path}: classes {ckpt['classes']} are not the data's {classes}")
         noise, labels = tag.seeded_noise(range(len(classes)), per_class, cfg.latent_dim, 1)
         rows.append((path, medians(held(tag.sample_logmels(generator, noise, labels, scale)), labels, len(classes))))
-    print("| clips | " + " | ".join(classes) + " | all (mean) |\n|---" * 1 + "|---" * (len(classes) + 1) + "|")
+    print("| clips | " + " | ".join(classes) + " | all (mean) |\n" + "|---" * (len(classes) + 2) + "|")
     for name, values in rows:
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + f" | {sum(values) / len(values):.2f} |")
 

@@ -95,10 +95,8 @@ def main():
         truncated, _ = ev.generated(Truncated(generator, 0.8), scale, cfg.latent_dim)  # the same noise, x 0.8
         print(row(ev, path, mel, labels, ev.hear(mel, vocoder), ev.held_set,
                   ev.score(truncated, labels, vocoder)["kid"]), flush=True)
-    with tag.own_rng(ev.device):
-        torch.manual_seed(0)  # the judge's real crops, drawn as Evaluator.__init__ draws them
-        held = tag.MelClips(dataclasses.replace(ev.cfg, base_path=ev.cfg.eval_path), torch.device("cpu"))
-        mel = held.logmels(torch.arange(len(held))).to(ev.device)
+    held = tag.MelClips(dataclasses.replace(ev.cfg, base_path=ev.cfg.eval_path), torch.device("cpu"))
+    mel = same_judge.real_crops(ev, held)
     # Against the floor's training clips, as the floor (mel) and the vocoder ceiling (heard) are scored.
     print(row(ev, "*real held-out clips (heard: the vocoder ceiling)*", mel, held.labels, ev.hear(mel, vocoder),
               ev.train_set))

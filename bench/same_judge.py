@@ -50,6 +50,14 @@ def generators(paths, evaluator):
         yield path, generator.to(evaluator.device), cfg, scale
 
 
+def real_crops(evaluator, clips):
+    """clips' log-mels (N, n_mels, T) on the judge's device, one crop each, drawn as Evaluator.__init__ draws its real
+    held-out crops (seed 0, training's RNG untouched): the clips its floor and vocoder ceiling were scored on."""
+    with tag.own_rng(evaluator.device):
+        torch.manual_seed(0)
+        return clips.logmels(torch.arange(len(clips))).to(evaluator.device)
+
+
 def main():
     args, evaluator, vocoder = judge_from_flags(__doc__.split("\n\n")[0])
     f = evaluator.floor
