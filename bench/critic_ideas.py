@@ -27,6 +27,15 @@ Every argument is quality.py's; --variants may also name the ideas below, each t
   feature says what is there but not in which band; at 3,500 steps on the music set the default critic's own classifier
   called 34 % of the real training organs and 37 % of the flutes violin (73 % right in all; bench/class_probe.py), and
   the generator's organs were heard as violin and piano. With it: 95 % right, organs 0.40 against 0.27 (one seed).
+- time_pyramid (#32, long clips): a second critic of the same design scores the mel average-pooled 4x in time, and
+  its score is added (MelGAN's multi-scale discriminator, over frames). The default critic hears 46 frames (0.53 s)
+  at once and joins them linearly, so it cannot tell a note that holds from one that glides slowly to another pitch
+  (4-s notes: bench/hold_probe.py 0.03 against real 0.95); the pooled one hears 184 frames (2.1 s), where a slow glide
+  is a slanted stripe. The auxiliary classifier is the default critic's alone. About 25 % more critic cost.
+- z_cbn (#32, long clips, a generator idea): every UpBlock's BatchNorm gain and bias also take a linear function of z
+  (BigGAN's skip-z, all of z to every block), zero at the start, so the run starts as the default's. What z sets there
+  is the same at every frame: a pitch or timbre chosen once per clip. In the default the 22 seed positions of a 4-s
+  clip are each the Linear's own function of z, so holding one pitch means the Linear learning 22 consistent maps.
 They patch the script from here, not the product: what does not win stays out of train_audio_gan.py.
 """
 import dataclasses
@@ -34,6 +43,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +51,7 @@ import quality  # noqa: E402  (bench/quality.py: the protocol, the judge, the ta
 
 tag = quality.tag
 FM_WEIGHTS = {"feature_matching": 10.0, "feature_matching100": 100.0}
-IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool")
+IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool", "time_pyramid", "z_cbn")
 active = {"idea": "default"}  # the variant being built: quality.py trains them one at a time
 
 
@@ -117,6 +127,53 @@ class BandPooled(tag.Critic):
         return score, self.classify(pooled / h.shape[3])
 
 
+class TimePyramid(nn.Module):
+    """A critic whose score adds a second Critic's score of the mel average-pooled `factor`x in time; its logits are
+    the first critic's."""
+
+    def __init__(self, critic, n_classes, cfg, factor=4):
+        super().__init__()
+        self.critic, self.factor = critic, factor
+        self.coarse = tag.Critic(n_classes, cfg.n_mels, cfg.n_frames // factor, cfg.d_channels)
+
+    def forward(self, mel, labels):
+        score, logits = self.critic(mel, labels)
+        coarse = self.coarse(F.avg_pool2d(mel, (1, self.factor)), labels)[0]  # (B, 1, n_mels, n_frames / factor) in
+        return score + coarse, logits
+
+
+class ZCondNorm(nn.Module):
+    """An UpBlock's CondBatchNorm, then a gain 1 + a(z) and a bias b(z) per channel, the same at every frame; a and b
+    are Linear maps of z that start at 0. Its `labels` are (labels, z): ZGenerator passes both."""
+
+    def __init__(self, norm, latent_dim, channels):
+        super().__init__()
+        self.norm, self.gain, self.bias = norm, nn.Linear(latent_dim, channels), nn.Linear(latent_dim, channels)
+        for layer in (self.gain, self.bias):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, labels_z):
+        labels, z = labels_z
+        x = self.norm(x, labels)  # (B, C, T)
+        return x * (1 + self.gain(z)).unsqueeze(-1) + self.bias(z).unsqueeze(-1)
+
+
+class ZGenerator(tag.Generator):
+    """The default Generator whose UpBlocks' norms also see z (ZCondNorm)."""
+
+    def __init__(self, latent_dim, *args, **kwargs):
+        super().__init__(latent_dim, *args, **kwargs)
+        for block in self.blocks:
+            block.norm = ZCondNorm(block.norm, latent_dim, block.conv[1].out_channels)
+
+    def forward(self, z, labels):
+        h = self.fc(torch.cat([z, self.embed(labels)], 1)).view(-1, *self.shape)  # (B, 8c, n_frames / 16)
+        for block in self.blocks:
+            h = block(h, (labels, z))
+        return self.act(self.out(h)).unsqueeze(1)  # (B, 1, n_mels, n_frames)
+
+
 class HarmonicOut(nn.Module):
     """A Generator's output conv (its `out`) that adds a harmonic comb before the tanh: log(comb + 0.05) nats, times a
     voicing gain of 0-2 per frame, at a pitch of 80-400 Hz per frame; both from a conv on the same features. grid: the
@@ -166,6 +223,11 @@ def build_models(cfg, n_classes):
         generator.out = HarmonicOut(generator.out, cfg, grid=48 if active["idea"] == "harmonic_grid" else 0)
     if active["idea"] == "band_pool":
         critic = BandPooled(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels)
+    if active["idea"] == "z_cbn":
+        generator = ZGenerator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
+                               norm_frames=cfg.norm_frames)
+    if active["idea"] == "time_pyramid":
+        critic = TimePyramid(critic, n_classes, cfg)
     if active["idea"] == "cepstral_view":
         critic = CepstralView(critic, cfg)
     if active["idea"] in FM_WEIGHTS:

@@ -57,7 +57,11 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("--data", required=True, help="a folder with train/<class>/ (the runs' data)")
+    p.add_argument("--idea", default="", help="the runs' generator is bench/critic_ideas.py's idea of this name")
     args = p.parse_args()
+    if args.idea:  # build the checkpoints' generator as critic_ideas.py trained it
+        import critic_ideas
+        critic_ideas.active["idea"], tag.build_models = args.idea, critic_ideas.build_models
     rows = []
     for path in args.checkpoints:
         generator, ckpt, cfg, scale, _ = tag.load_generator(tag.Config(mode="evaluate", checkpoint=path, device="cpu"))
