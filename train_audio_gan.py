@@ -56,6 +56,10 @@ class GanConfig:
     g_channels: int = arg(64, "generator width c: conv1d 8c, 8c, 4c, 4c, 4c channels; conv2d 8c ... c/2; seed 8c ... c",
                           min=1)
     d_channels: int = arg(64, "critic width c: conv2d c, 2c, 4c, 8c channels; conv1d 4c, 4c, 8c, 8c", min=1)
+    coarse_critic: int = arg(0, "a second critic of the same design scores the mel average-pooled this many times "
+                             "over time, its score added: it hears that many times the first's 46 frames (0.53 s) at "
+                             "once, so a note that glides off its pitch is heard; 1 = off; 0 = auto: 4 when the "
+                             "clips' sound (--norm_frames) lasts 192 frames (2.2 s) or more, else off", min=0)
     aux_weight: float = arg(1.0, "weight of the critic's auxiliary classifier loss (AC-GAN; GANSynth uses 10); 0 = off",
                             min=0, below=math.inf)
     ema: float = arg(0.999, "decay of the moving average of generator weights used for samples; 0 = off", min=0,
@@ -362,14 +366,41 @@ class Critic(nn.Module):
         return score, self.classify(pooled / h[0, 0].numel())
 
 
+class CoarseCritic(nn.Module):
+    """A critic plus a second one of its design on the mel average-pooled `pool`x over time, their scores added (as
+    MelGAN adds its discriminators' at coarser scales); the class logits are the first's. Four 4x4 stride-2 convs hear
+    46 frames at once and the Linear after them joins positions linearly, so window by window a note that glides
+    slowly to another pitch looks real: 4-s notes held their pitch 0.03 start to end against the real 0.95
+    (bench/hold_probe.py). Pooled 4x, 184 frames (2.1 s) are heard at once and a glide is a slanted stripe."""
+
+    def __init__(self, critic, coarse, pool):
+        super().__init__()
+        self.critic, self.coarse, self.pool = critic, coarse, pool
+
+    def forward(self, mel, labels):
+        score, logits = self.critic(mel, labels)
+        coarse_score = self.coarse(F.avg_pool2d(mel, (1, self.pool)), labels)[0]  # of (B, 1, n_mels, n_frames / pool)
+        return score + coarse_score, logits
+
+
 def build_models(cfg, n_classes):
     """(generator, critic) of cfg's design: the two above, or Part III's other designs when a flag asks for one."""
-    if (cfg.arch, cfg.g_cond, cfg.critic_arch, cfg.critic_cond, cfg.mbstd, cfg.scaling == "log1p") != (
-            "conv1d", "cbn", "conv2d", "projection", False, False):
-        return other_models(cfg, n_classes)
-    return (Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
-                      norm_frames=cfg.norm_frames),
-            Critic(n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels))
+    if (cfg.arch, cfg.g_cond, cfg.scaling == "log1p") != ("conv1d", "cbn", False):
+        generator = other_generator(cfg, n_classes)
+    else:
+        generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
+                              norm_frames=cfg.norm_frames)
+    critic, pool = build_critic(cfg, n_classes, cfg.n_frames), cfg.coarse_critic
+    if pool > 1:
+        critic = CoarseCritic(critic, build_critic(cfg, n_classes, cfg.n_frames // pool), pool)
+    return generator, critic
+
+
+def build_critic(cfg, n_classes, n_frames):
+    """A critic of cfg's design for examples of n_frames."""
+    if (cfg.critic_arch, cfg.critic_cond, cfg.mbstd) != ("conv2d", "projection", False):
+        return other_critic(cfg, n_classes, n_frames)
+    return Critic(n_classes, cfg.n_mels, n_frames, cfg.d_channels)
 
 
 @torch.no_grad()
@@ -643,12 +674,14 @@ class Config(GanConfig):
 # Model and mel settings a checkpoint must share with the run that loads it.
 MEL_KEYS = ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax")
 ARCH_KEYS = MEL_KEYS + ("n_frames", "norm_frames", "scaling", "arch", "latent_dim", "embed_dim", "g_channels", "g_cond",
-                        "d_channels", "critic_cond", "mbstd", "critic_arch")
+                        "d_channels", "critic_cond", "mbstd", "critic_arch", "coarse_critic")
 # Keys added to MEL_KEYS, ARCH_KEYS or RECIPE_KEYS after checkpoints existed, with the value every older checkpoint was
 # trained with: a new option then never invalidates them (a checkpoint without the key is read as having this value),
 # and a resumed older run keeps its constant lr and its training without the auxiliary classifier loss. Older
 # generators took BatchNorm statistics over all n_frames: a norm_frames of 0 is read as n_frames.
-ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0, "balance": False, "norm_frames": 0}
+ARCH_SINCE = {"critic_arch": "conv2d", "lr_decay": 0.0, "aux_weight": 0.0, "balance": False, "norm_frames": 0,
+              "coarse_critic": 1}
+AUTO_KEYS = ("n_frames", "norm_frames", "coarse_critic")  # 0 = auto: a run chooses them from its data when it starts
 NEVER = torch.iinfo(torch.int64).max  # "no step yet" for the first non-finite loss
 MAX_SKIPS = 10  # with fp16's gradient scaler: this many non-finite steps in a row are a real NaN, not an overflow
 METRICS = ("loss/critic", "loss/gen", "wdist", "gp")
@@ -807,6 +840,10 @@ def range_problems(cfg):
         problems.append(f"win_length={cfg.win_length} must not exceed n_fft={cfg.n_fft}")
     if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
         problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
+    if cfg.coarse_critic > 1 and cfg.n_frames and cfg.n_frames // cfg.coarse_critic < 16:  # n_frames 0: said later
+        problems.append(f"coarse_critic={cfg.coarse_critic} leaves the coarse critic {cfg.n_frames // cfg.coarse_critic}"
+                        f" of n_frames={cfg.n_frames} frames; it needs 16 (it halves them 4 times): pass at most "
+                        f"{cfg.n_frames // 16}, or 1 for none")
     if cfg.lr_decay > 1:  # NaN: field_problems has said it
         problems.append(f"lr_decay={cfg.lr_decay} must be in [0, 1]: the fraction of the run over which lr decays")
     if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
@@ -1238,6 +1275,12 @@ def auto_frames(lengths):
     return min(512, max(32, 16 * math.ceil(p95 / 16)))
 
 
+def auto_coarse(sound_frames):
+    """--coarse_critic 0 (auto): 4 when the clips' sound lasts 192 frames (2.2 s) or more, else 1 (no coarse critic).
+    Shorter sounds span a few of the critic's 46-frame views; every set below 2.2 s was tuned and measured without it."""
+    return 4 if sound_frames >= 192 else 1
+
+
 # ---------------------------------------------------------------- vocoders: HiFi-GAN (jik876 V1), BigVGAN-v2, Griffin-Lim
 
 class ResBlock(nn.Module):
@@ -1480,7 +1523,11 @@ def prepare_data(cfg, rank, world, device, ckpt):
         scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
         vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
         data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
-        cfg = dataclasses.replace(cfg, n_frames=data.n_frames, norm_frames=data.norm_frames)  # 0 (auto): the data's
+        cfg = dataclasses.replace(cfg, n_frames=data.n_frames, norm_frames=data.norm_frames,  # 0 (auto): the data's
+                                  coarse_critic=cfg.coarse_critic or auto_coarse(data.norm_frames))
+        problems = range_problems(cfg)  # those that the data's n_frames decides
+        if problems:
+            raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
@@ -1720,7 +1767,7 @@ def keep_recipe(cfg, ckpt, given, sources=None):
     """cfg for a resumed run: n_frames 0 (auto) is the size the run chose, and the recipe fields (RECIPE_KEYS) no
     flag set (given) keep the checkpoint's values, said in one line and marked in sources; given None (train() called
     from Python) counts every field as set."""
-    for k in ("n_frames", "norm_frames"):
+    for k in AUTO_KEYS:
         if ckpt is not None and not getattr(cfg, k):  # auto: the size the run chose when it started
             cfg = dataclasses.replace(cfg, **{k: ckpt["config"][k]})
     if ckpt is None or given is None:
@@ -2033,7 +2080,7 @@ def load_checkpoint(path, cfg=None):
     ckpt["config"]["norm_frames"] = ckpt["config"]["norm_frames"] or ckpt["config"]["n_frames"]  # 0: all of them
     if cfg is not None:
         diff = [f"{k}: checkpoint {ckpt['config'][k]!r}, now {getattr(cfg, k)!r}" for k in ARCH_KEYS
-                if ckpt["config"].get(k) != getattr(cfg, k) and not (k.endswith("_frames") and getattr(cfg, k) == 0)]
+                if ckpt["config"].get(k) != getattr(cfg, k) and not (k in AUTO_KEYS and getattr(cfg, k) == 0)]
         if diff:
             raise SystemExit(f"{path} was trained with other settings; pass the same flags:\n  " + "\n  ".join(diff))
     return ckpt
@@ -3229,8 +3276,8 @@ class CriticPair(nn.Module):
         return s2 + s1, c2 + c1
 
 
-def other_models(cfg, n_classes):
-    """(generator, critic) when a flag asks for another design than build_models' default."""
+def other_generator(cfg, n_classes):
+    """The generator when a flag asks for another design than build_models' default."""
     if cfg.arch == "conv1d":
         generator = Generator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
                               cfg.g_cond == "cbn", cfg.norm_frames)
@@ -3239,10 +3286,13 @@ def other_models(cfg, n_classes):
                                    cfg.arch, cfg.g_cond, cfg.norm_frames)
     if cfg.scaling == "log1p":
         generator.act = nn.ReLU()  # log1p's values are >= 0 and unbounded above
-    args = (n_classes, cfg.n_mels, cfg.n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
-    if (cfg.critic_arch, cfg.critic_cond, cfg.mbstd) == ("conv2d", "projection", False):
-        return generator, Critic(*args[:4])
-    return generator, CriticPair(*args) if cfg.critic_arch == "both" else OtherCritic(*args, arch=cfg.critic_arch)
+    return generator
+
+
+def other_critic(cfg, n_classes, n_frames):
+    """The critic, for examples of n_frames, when a flag asks for another design than build_critic's default."""
+    args = (n_classes, cfg.n_mels, n_frames, cfg.d_channels, cfg.critic_cond, cfg.mbstd)
+    return CriticPair(*args) if cfg.critic_arch == "both" else OtherCritic(*args, arch=cfg.critic_arch)
 
 
 # ---------------------------------------------------------------- DiffAugment: --augment

@@ -27,11 +27,8 @@ Every argument is quality.py's; --variants may also name the ideas below, each t
   feature says what is there but not in which band; at 3,500 steps on the music set the default critic's own classifier
   called 34 % of the real training organs and 37 % of the flutes violin (73 % right in all; bench/class_probe.py), and
   the generator's organs were heard as violin and piano. With it: 95 % right, organs 0.40 against 0.27 (one seed).
-- time_pyramid (#32, long clips): a second critic of the same design scores the mel average-pooled 4x in time, and
-  its score is added (MelGAN's multi-scale discriminator, over frames). The default critic hears 46 frames (0.53 s)
-  at once and joins them linearly, so it cannot tell a note that holds from one that glides slowly to another pitch
-  (4-s notes: bench/hold_probe.py 0.03 against real 0.95); the pooled one hears 184 frames (2.1 s), where a slow glide
-  is a slanted stripe. The auxiliary classifier is the default critic's alone. About 25 % more critic cost.
+- time_pyramid (#32, long clips; at 7556f5a): a second critic on the mel average-pooled 4x in time, its score added.
+  Now the script's --coarse_critic (quality.py's variants coarse4 and no_coarse), so it is no longer here.
 - z_cbn (#32, long clips, a generator idea): every UpBlock's BatchNorm gain and bias also take a linear function of z
   (BigGAN's skip-z, all of z to every block), zero at the start, so the run starts as the default's. What z sets there
   is the same at every frame: a pitch or timbre chosen once per clip. In the default the 22 seed positions of a 4-s
@@ -43,7 +40,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +47,7 @@ import quality  # noqa: E402  (bench/quality.py: the protocol, the judge, the ta
 
 tag = quality.tag
 FM_WEIGHTS = {"feature_matching": 10.0, "feature_matching100": 100.0}
-IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool", "time_pyramid", "z_cbn")
+IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool", "z_cbn")
 active = {"idea": "default"}  # the variant being built: quality.py trains them one at a time
 
 
@@ -125,21 +121,6 @@ class BandPooled(tag.Critic):
         pooled = h.sum(3).flatten(1)  # (B, 8c * n_mels / 16): what each band holds, summed over time
         score = self.fc(h.flatten(1)).squeeze(1) + (self.embed(labels) * pooled).sum(1)
         return score, self.classify(pooled / h.shape[3])
-
-
-class TimePyramid(nn.Module):
-    """A critic whose score adds a second Critic's score of the mel average-pooled `factor`x in time; its logits are
-    the first critic's."""
-
-    def __init__(self, critic, n_classes, cfg, factor=4):
-        super().__init__()
-        self.critic, self.factor = critic, factor
-        self.coarse = tag.Critic(n_classes, cfg.n_mels, cfg.n_frames // factor, cfg.d_channels)
-
-    def forward(self, mel, labels):
-        score, logits = self.critic(mel, labels)
-        coarse = self.coarse(F.avg_pool2d(mel, (1, self.factor)), labels)[0]  # (B, 1, n_mels, n_frames / factor) in
-        return score + coarse, logits
 
 
 class ZCondNorm(nn.Module):
@@ -226,8 +207,6 @@ def build_models(cfg, n_classes):
     if active["idea"] == "z_cbn":
         generator = ZGenerator(cfg.latent_dim, n_classes, cfg.n_mels, cfg.n_frames, cfg.g_channels, cfg.embed_dim,
                                norm_frames=cfg.norm_frames)
-    if active["idea"] == "time_pyramid":
-        critic = TimePyramid(critic, n_classes, cfg)
     if active["idea"] == "cepstral_view":
         critic = CepstralView(critic, cfg)
     if active["idea"] in FM_WEIGHTS:

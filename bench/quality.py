@@ -39,7 +39,7 @@ PRESET = dict(n_frames=64, batch_size=16, g_channels=32, d_channels=16, samples_
 RECIPE = dict(arch="conv1d", critic_arch="conv2d", scaling="affine", g_cond="cbn", critic_cond="projection", mbstd=False,
               aux_weight=1.0,
               augment=False, gp_every=1, n_critic=5, ema=0.999, lr=2e-4, lr_decay=1.0, beta1=0.5, beta2=0.999,
-              balance=True)
+              balance=True, coarse_critic=0)
 VARIANTS = {
     "default": {},  # RECIPE as it stands
     "seed": dict(tag.PRESETS["seed"]),  # the original design, trained plainly
@@ -67,6 +67,8 @@ VARIANTS = {
     "gpu": dict(batch_size=128, g_channels=64, d_channels=64),  # the GPU preset's sizes, all of them
     "balance": dict(balance=True),  # every class equally often (issue #32: the drum set's 16 kicks); the default since
     "no_balance": dict(balance=False),  # each class as often as it has clips: the default before issue #32's --balance
+    "coarse4": dict(coarse_critic=4),  # a second critic on the mel pooled 4x in time (auto: sounds of 2.2 s or more)
+    "no_coarse": dict(coarse_critic=1),  # none: the default before issue #32's --coarse_critic, at every length
 }
 
 

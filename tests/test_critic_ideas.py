@@ -145,29 +145,6 @@ def test_class_probe_judges_the_mels_it_is_given():
     assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
 
 
-def test_time_pyramid_adds_a_critic_that_hears_four_times_as_far_in_time():
-    torch.manual_seed(0)
-    cfg = tag.Config(n_frames=352, d_channels=4)
-    plain = tag.Critic(3, 80, 352, channels=4)
-    pyramid = critic_ideas.TimePyramid(plain, 3, cfg)
-    mel, labels = torch.randn(2, 1, 80, 352), torch.tensor([0, 2])
-    with torch.no_grad():
-        (score, logits), (own, own_logits) = pyramid(mel, labels), plain(mel, labels)
-        coarse = pyramid.coarse(torch.nn.functional.avg_pool2d(mel, (1, 4)), labels)[0]
-    assert torch.allclose(score, own + coarse) and torch.equal(logits, own_logits)  # scores add; the logits are plain's
-
-    def frames_heard(features, pool):  # the input frames that reach the middle position of a critic's last layer
-        x = torch.zeros(1, 1, 80, 352, requires_grad=True)
-        h = features(torch.nn.functional.avg_pool2d(x, (1, pool)))
-        h[..., h.shape[-1] // 2].sum().backward()
-        return x.grad[0, 0].abs().sum(0).nonzero().numel()
-
-    assert frames_heard(plain.features, 1) <= 46 < 4 * 40 <= frames_heard(pyramid.coarse.features, 4)
-    gp = tag.gradient_penalty(pyramid, mel, torch.randn_like(mel), labels)
-    gp.backward()  # the penalty passes through both critics
-    assert pyramid.coarse.features[0].weight.grad.abs().sum() > 0
-
-
 def test_z_cbn_starts_as_the_default_and_lets_z_set_each_channel_for_the_whole_clip():
     torch.manual_seed(0)
     plain = tag.Generator(8, 3, 80, 64, channels=4).eval()

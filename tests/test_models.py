@@ -36,6 +36,33 @@ def test_shapes(n_mels, n_frames, arch):
                 assert score.shape == (4,) and logits.shape == (4, 3)
 
 
+def test_the_coarse_critic_adds_a_score_of_the_pooled_mel_that_hears_four_times_as_far():
+    torch.manual_seed(0)
+    mel, labels = torch.randn(2, 1, 80, 352), torch.tensor([0, 2])
+    for critic_arch in ("conv2d", "conv1d", "both"):  # every critic design gets its coarse twin
+        cfg = tag.Config(n_frames=352, d_channels=4, critic_arch=critic_arch, coarse_critic=4)
+        critic = tag.build_models(cfg, 3)[1]
+        assert isinstance(critic, tag.CoarseCritic) and type(critic.coarse) is type(critic.critic)
+        with torch.no_grad():
+            (score, logits), (fine, fine_logits) = critic(mel, labels), critic.critic(mel, labels)
+            coarse = critic.coarse(nn.functional.avg_pool2d(mel, (1, 4)), labels)[0]
+        assert torch.allclose(score, fine + coarse) and torch.equal(logits, fine_logits)  # scores add; logits: fine's
+    assert not isinstance(tag.build_models(tag.Config(n_frames=352, d_channels=4, coarse_critic=1), 3)[1],
+                          tag.CoarseCritic)
+
+    def frames_heard(features, pool):  # the input frames that reach the middle position of a critic's last conv
+        x = torch.zeros(1, 1, 80, 352, requires_grad=True)
+        h = features(nn.functional.avg_pool2d(x, (1, pool)))
+        h[..., h.shape[-1] // 2].sum().backward()
+        return x.grad[0, 0].abs().sum(0).nonzero().numel()
+
+    critic = tag.build_models(tag.Config(n_frames=352, d_channels=4, coarse_critic=4), 3)[1]
+    assert frames_heard(critic.critic.features, 1) <= 46 < 4 * 40 <= frames_heard(critic.coarse.features, 4)
+    gp = tag.gradient_penalty(critic, mel, torch.randn_like(mel), labels)
+    gp.backward()  # the penalty's double backward passes through both critics
+    assert critic.coarse.features[0].weight.grad.abs().sum() > 0
+
+
 def test_the_conv1d_critic_sees_the_whole_spectrum_in_its_first_layer():
     critic = tag.OtherCritic(3, 80, 64, channels=4, conditioning="projection", arch="conv1d")
     first = critic.features[0]

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import tag, tiny_config
+from conftest import tag, tiny_config, write_tone
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "train_audio_gan.py")
 
@@ -303,6 +303,32 @@ def test_norm_frames_auto_is_where_the_clips_are_said_stored_and_kept_on_resume(
     assert torch.load(old / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 128
     tag.train(tiny_config(tiny_dataset, tmp_path / "auto", n_frames=0))  # at the data's own size: every frame
     assert torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 64
+
+
+def test_coarse_critic_auto_is_on_for_long_sounds_only_stored_and_kept_on_resume(tmp_path, tiny_dataset):
+    long = tmp_path / "long"
+    for i in range(4):  # 2.5-s clips: 213 frames, n_frames auto 224, sound 224 frames >= 192
+        write_tone(str(long / "a" / f"a{i}.wav"), 300 + 10 * i, seconds=2.5)
+        write_tone(str(long / "b" / f"b{i}.wav"), 900, noise=0.3, seconds=2.5, seed=i)
+    out, quick = tmp_path / "run", dict(n_frames=0, epoch_steps=1, samples_per_class=1)
+    result = tag.train(tiny_config(str(long), out, **quick))
+    assert result["config"].n_frames == 224 and result["config"].coarse_critic == 4
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["config"]["coarse_critic"] == 4 and any(k.startswith("coarse.") for k in ckpt["critic"])
+    tag.train(tiny_config(str(long), out, epochs=2, resume=True, **quick))  # auto again: the run's own 4
+    with pytest.raises(SystemExit, match="coarse_critic: checkpoint 4, now 1"):
+        tag.train(tiny_config(str(long), out, coarse_critic=1, epochs=3, resume=True, **quick))
+    short = tag.train(tiny_config(tiny_dataset, tmp_path / "short", n_frames=128))  # sound 64 frames: none
+    assert short["config"].coarse_critic == 1
+    ckpt = torch.load(tmp_path / "short" / "checkpoint.pt", weights_only=True)
+    assert not any(k.startswith("coarse.") for k in ckpt["critic"])
+    del ckpt["config"]["coarse_critic"]  # as the script wrote it before --coarse_critic: read as none
+    torch.save(ckpt, tmp_path / "short" / "checkpoint.pt")
+    tag.train(tiny_config(tiny_dataset, tmp_path / "short", n_frames=128, epochs=2, resume=True))
+    with pytest.raises(SystemExit, match="coarse_critic=4 leaves the coarse critic 8 of n_frames=32"):
+        tag.train(tiny_config(tiny_dataset, tmp_path / "bad", n_frames=32, coarse_critic=4))
+    with pytest.raises(SystemExit, match="coarse_critic=8 leaves the coarse critic 8 of n_frames=64"):
+        tag.train(tiny_config(tiny_dataset, tmp_path / "bad_auto", n_frames=0, coarse_critic=8))  # auto size: 64
 
 
 def test_n_frames_auto_is_said_stored_and_kept_on_resume(tmp_path, tiny_dataset, capsys):
