@@ -21,11 +21,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 # ==================== Part I: the GAN. Config, the mel, the clips, the models, the WGAN-GP step and the loop
 # What else changes what the GAN learns lives in Part II and is named here: apply_preset picks PRESETS' values (below);
-# load_audio makes every clip mono, 22.05 kHz and peak-normalised; auto_frames sets n_frames and norm_frames from
-# the data and train_process the steps per epoch (the lr decay's horizon); amp_dtype (bf16/fp16) and process_state
-# (TF32, determinism) set the arithmetic; under torchrun each rank trains on its shard with its own seed (build_run)
-# and end_epoch shares rank 0's BatchNorm statistics; restore_run and keep_recipe give a resumed run its own state and
-# recipe; Part III's designs replace the models or the scaling when a flag asks for them.
+# load_audio makes every clip mono, 22.05 kHz and peak-normalised; auto_frames and auto_coarse set n_frames,
+# norm_frames and coarse_critic from the data and train_process the steps per epoch (the lr decay's horizon);
+# amp_dtype (bf16/fp16) and process_state (TF32, determinism) set the arithmetic; under torchrun each rank trains on
+# its shard with its own seed (build_run) and end_epoch shares rank 0's BatchNorm statistics; restore_run and
+# keep_recipe give a resumed run its own state and recipe; Part III's designs replace the models or the scaling when a
+# flag asks for them.
 
 # ---------------------------------------------------------------- configuration: the method's fields
 
