@@ -842,9 +842,9 @@ def range_problems(cfg):
     if cfg.hop_length > cfg.win_length:  # frames would leave gaps: no inverse STFT (Griffin-Lim) after an epoch
         problems.append(f"hop_length={cfg.hop_length} must not exceed win_length={cfg.win_length}")
     if cfg.coarse_critic > 1 and cfg.n_frames and cfg.n_frames // cfg.coarse_critic < 16:  # n_frames 0: said later
-        problems.append(f"coarse_critic={cfg.coarse_critic} leaves the coarse critic {cfg.n_frames // cfg.coarse_critic}"
-                        f" of n_frames={cfg.n_frames} frames; it needs 16 (it halves them 4 times): pass at most "
-                        f"{cfg.n_frames // 16}, or 1 for none")
+        problems.append(f"coarse_critic={cfg.coarse_critic} leaves the coarse critic "
+                        f"{cfg.n_frames // cfg.coarse_critic} of n_frames={cfg.n_frames} frames; it needs 16 (it "
+                        f"halves them 4 times): pass at most {cfg.n_frames // 16}, or 1 for none")
     if cfg.lr_decay > 1:  # NaN: field_problems has said it
         problems.append(f"lr_decay={cfg.lr_decay} must be in [0, 1]: the fraction of the run over which lr decays")
     if not 0 <= cfg.fmin < cfg.fmax <= cfg.sample_rate / 2:  # above Nyquist a mel band has no FFT bin: silence
@@ -1278,7 +1278,8 @@ def auto_frames(lengths):
 
 def auto_coarse(sound_frames):
     """--coarse_critic 0 (auto): 4 when the clips' sound lasts 192 frames (2.2 s) or more, else 1 (no coarse critic).
-    Shorter sounds span a few of the critic's 46-frame views; every set below 2.2 s was tuned and measured without it."""
+    Shorter sounds span a few of the critic's 46-frame views; every set below 2.2 s was tuned and measured without
+    it."""
     return 4 if sound_frames >= 192 else 1
 
 
