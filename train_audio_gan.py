@@ -1525,8 +1525,12 @@ def prepare_data(cfg, rank, world, device, ckpt):
         scale = GanScale.from_state(ckpt["gan_scale"]) if ckpt else None
         vocoder = load_vocoder(cfg, device) if rank == 0 else None  # before the mels: a vocoder that fails, fails fast
         data = MelClips(cfg, torch.device("cpu"), scale)  # placed on the device once the models exist
+        coarse = cfg.coarse_critic or auto_coarse(data.norm_frames)
+        if coarse > 1 and not cfg.coarse_critic and rank == 0:
+            print(f"A second critic hears the mel pooled {coarse}x over time, as the sound lasts {data.norm_frames} "
+                  f"frames (2.2 s or more: --coarse_critic 1 turns it off)")
         cfg = dataclasses.replace(cfg, n_frames=data.n_frames, norm_frames=data.norm_frames,  # 0 (auto): the data's
-                                  coarse_critic=cfg.coarse_critic or auto_coarse(data.norm_frames))
+                                  coarse_critic=coarse)
         problems = range_problems(cfg)  # those that the data's n_frames decides
         if problems:
             raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))

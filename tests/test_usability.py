@@ -305,7 +305,7 @@ def test_norm_frames_auto_is_where_the_clips_are_said_stored_and_kept_on_resume(
     assert torch.load(tmp_path / "auto" / "checkpoint.pt", weights_only=True)["config"]["norm_frames"] == 64
 
 
-def test_coarse_critic_auto_is_on_for_long_sounds_only_stored_and_kept_on_resume(tmp_path, tiny_dataset):
+def test_coarse_critic_auto_is_on_for_long_sounds_only_stored_and_kept_on_resume(tmp_path, tiny_dataset, capsys):
     long = tmp_path / "long"
     for i in range(4):  # 2.5-s clips: 213 frames, n_frames auto 224, sound 224 frames >= 192
         write_tone(str(long / "a" / f"a{i}.wav"), 300 + 10 * i, seconds=2.5)
@@ -313,6 +313,7 @@ def test_coarse_critic_auto_is_on_for_long_sounds_only_stored_and_kept_on_resume
     out, quick = tmp_path / "run", dict(n_frames=0, epoch_steps=1, samples_per_class=1)
     result = tag.train(tiny_config(str(long), out, **quick))
     assert result["config"].n_frames == 224 and result["config"].coarse_critic == 4
+    assert "A second critic hears the mel pooled 4x over time, as the sound lasts 224 frames" in capsys.readouterr().out
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["coarse_critic"] == 4 and any(k.startswith("coarse.") for k in ckpt["critic"])
     tag.train(tiny_config(str(long), out, epochs=2, resume=True, **quick))  # auto again: the run's own 4
