@@ -3164,7 +3164,7 @@ class PerBinScale(GanScale):
 
 
 class Log1pScale(GanScale):
-    """--scaling log1p, the original design's: log1p of the linear mel magnitude, with a ReLU output (other_models).
+    """--scaling log1p, the original design's: log1p of the linear mel magnitude, with a ReLU output (other_generator).
     With the projection critic at 1,000 steps: accuracy 0.42 against affine's 0.68."""
     kind = "log1p"
 
