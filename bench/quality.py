@@ -6,6 +6,7 @@ them alike with evaluator v2, beside the real floor and the vocoder ceiling.
     python bench/quality.py --data runs/gm_notes --n_frames 144 --minutes 15        # the music set (make_gm_notes.py)
     python bench/quality.py --data runs/drums --n_frames 176 --out runs/drums_judge  # the drum set (make_drums.py)
     python bench/quality.py --steps 3500 --seeds 42,43 --score_only                 # rescore the runs already in --out
+    python bench/quality.py --steps 3500 --seeds 42,43 --resume                     # finish the runs that were stopped
     python bench/critic_ideas.py --steps 1250 --variants feature_matching           # ideas patched in from the bench
 
 Trains on DATA/train with a short-clip CPU preset (64 frames = 0.74 s unless --n_frames) and scores against
@@ -84,8 +85,10 @@ def judge(data_root, out, device, n_frames, vocoder="universal"):
 
 def run_config(args, name, seed, extra):
     """The training configuration of one variant and seed, budgeted by --minutes or by --steps."""
-    cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed,
-                     out_dir=os.path.join(args.out, f"{name}-{seed}"), overwrite=not args.score_only,  # a rerun replaces
+    out_dir = os.path.join(args.out, f"{name}-{seed}")
+    resume = args.resume and os.path.exists(os.path.join(out_dir, "checkpoint.pt"))  # exact: as if never stopped
+    cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed, out_dir=out_dir,
+                     overwrite=not (args.score_only or resume), resume=resume,  # else a rerun replaces
                      **{**PRESET, "n_frames": args.n_frames, "vocoder": args.vocoder,
                         "max_minutes": 0.0 if args.steps else args.minutes, **RECIPE, **VARIANTS[name], **extra})
     if args.steps:  # whole epochs of 250 steps: exactly --steps for a multiple of 250, else rounded up
@@ -129,9 +132,13 @@ def main():
     p.add_argument("--n_frames", type=int, default=PRESET["n_frames"], help="mel frames per clip (multiple of 16)")
     p.add_argument("--out", default=os.path.join(REPO, "runs", "quality"))
     p.add_argument("--score_only", action="store_true", help="score the checkpoints already in --out, train nothing")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --out that were stopped (train the "
+                   "others from the start), then score them all; train min counts this session's minutes only")
     p.add_argument("--vocoder", default=PRESET["vocoder"], help='what the audio is heard through, e.g. "bigvgan"')
     p.add_argument("--device", default="auto")
     args = p.parse_args()
+    if args.resume and not args.steps:  # --minutes plans a run's epochs by timing it afresh
+        raise SystemExit("--resume needs the --steps the runs were started with")
     if not os.path.isdir(os.path.join(args.data, "train")):
         raise SystemExit(f"No dataset at {os.path.normpath(args.data)} (expected train/ and test/ class folders)")
     extra = dict(kv.split("=") for kv in args.set.split(",") if kv)

@@ -1,6 +1,8 @@
-"""bench/quality.py: a budget in minutes must still let the default's lr decay to 0 by the end of the run;
+"""bench/quality.py: a budget in minutes must still let the default's lr decay to 0 by the end of the run, and --resume
+continues only the runs that have a checkpoint;
 bench/same_judge.py: shorter clips are padded with silence; bench/kid_probe.py: its harmonicity tells a voice's stripes
 from stripes at no common pitch."""
+import argparse
 import os
 import sys
 
@@ -21,6 +23,20 @@ def test_a_minutes_budget_plans_the_epochs_a_decaying_lr_falls_over(tiny_dataset
     plan = quality.planned(cfg)
     assert (probes[0].epochs, probes[0].epoch_steps, probes[0].max_minutes) == (1, 60, 0.0)  # a short timed run
     assert (plan.epochs, plan.epoch_steps, plan.max_minutes) == (36, 250, 15.0)  # 15 min x 10 steps/s = 36 x 250
+
+
+def test_resume_continues_the_runs_with_a_checkpoint_and_starts_the_others(tmp_path):
+    args = argparse.Namespace(data=str(tmp_path), device="cpu", out=str(tmp_path / "out"), n_frames=64,
+                              vocoder="universal", minutes=0.0, steps=500, score_only=False, resume=True)
+    os.makedirs(tmp_path / "out" / "default-42")
+    open(tmp_path / "out" / "default-42" / "checkpoint.pt", "wb").close()  # a stopped run
+    stopped, new = quality.run_config(args, "default", 42, {}), quality.run_config(args, "default", 43, {})
+    assert (stopped.resume, stopped.overwrite) == (True, False)  # never replaced
+    assert (new.resume, new.overwrite) == (False, True)
+    assert (stopped.epochs, stopped.epoch_steps) == (new.epochs, new.epoch_steps) == (2, 250)  # the same plan
+    args.resume = False
+    assert (quality.run_config(args, "default", 42, {}).resume, quality.run_config(args, "default", 42, {}).overwrite) \
+        == (False, True)  # without --resume a rerun replaces the run
 
 
 def test_same_judge_pads_shorter_clips_with_silence_and_refuses_longer():
