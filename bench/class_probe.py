@@ -68,7 +68,9 @@ def run_critic(path, run_cfg, n_classes):
 
 
 def main():
-    args, evaluator, vocoder = same_judge.judge_from_flags(__doc__.split("\n\n")[0])
+    args, evaluator, vocoder = same_judge.judge_from_flags(__doc__.split("\n\n")[0], lambda p: p.add_argument(
+        "--made_only", action="store_true", help="only the judge on the GAN's mels: seconds a checkpoint, where the "
+        "critic and the vocoder take minutes (e.g. for every epoch's checkpoint of a run)"))
     cfg, classes = evaluator.cfg, evaluator.classes
     clips = {split: tag.MelClips(dataclasses.replace(cfg, base_path=os.path.join(args.data, split)),
                                  torch.device("cpu")) for split in ("train", "test")}
@@ -76,15 +78,22 @@ def main():
     print("| checkpoint | critic: real train | real held-out | judge: GAN's mels | heard |\n|---|---|---|---|---|")
     lines = []
     for path, generator, run_cfg, scale in same_judge.generators(args.checkpoints, evaluator):
+        logmel, labels = evaluator.generated(generator, scale, run_cfg.latent_dim)
+        if args.made_only:
+            made = judged(evaluator, logmel, labels)
+            print(f"| {path} | | | {right(made)} | |", flush=True)
+            lines.append(f"{path}: judge on the GAN's mels: {taken_for(made, classes)}")
+            continue
         critic = run_critic(path, run_cfg, len(classes))
         seen = {split: critic_confusion(critic, data) for split, data in clips.items()}
-        logmel, labels = evaluator.generated(generator, scale, run_cfg.latent_dim)
         made, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
         print(f"| {path} | {right(seen['train'])} | {right(seen['test'])} | {right(made)} | {right(heard)} |",
               flush=True)
         lines += [f"{path}: critic on real training clips: {taken_for(seen['train'], classes)}",
                   f"{path}: judge on the GAN's mels: {taken_for(made, classes)}",
                   f"{path}: judge on heard samples: {taken_for(heard, classes)}"]
+    if args.made_only:
+        return print("\n".join([""] + lines))
     logmel, labels = same_judge.real_crops(evaluator, clips["test"]), clips["test"].labels
     real, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
     print(f"| *real held-out clips (heard: the vocoder ceiling)* | | | {right(real)} | {right(heard)} |")

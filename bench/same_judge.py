@@ -26,10 +26,11 @@ def padded(logmel, n_frames):
     return torch.nn.functional.pad(logmel, (0, n_frames - logmel.shape[-1]), value=tag.LOG_FLOOR)
 
 
-def judge_from_flags(description):
+def judge_from_flags(description, more_flags=lambda p: None):
     """(flags, evaluator, vocoder): checkpoints and the judge named by --data, --n_frames and --out, as quality.py
-    names it."""
+    names it; more_flags(parser) adds a caller's own."""
     p = argparse.ArgumentParser(description=description)
+    more_flags(p)
     p.add_argument("checkpoints", nargs="+", help="checkpoint.pt files of runs on the judge's classes")
     p.add_argument("--data", default=os.path.join(quality.REPO, "..", "shared", "data", "fsdd"))
     p.add_argument("--n_frames", type=int, default=64, help="the judge's clip length")
