@@ -799,6 +799,11 @@ def check_config(cfg):
         problems.append("tensorboard=true needs the tensorboard package, which is not installed: "
                         "pip install tensorboard")
     problems += device_problems(cfg.device)
+    refuse(problems)
+
+
+def refuse(problems):
+    """Stop with every problem found, one line each, when there is any."""
     if problems:
         raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
 
@@ -1531,9 +1536,7 @@ def prepare_data(cfg, rank, world, device, ckpt):
                   f"frames (2.2 s or more: --coarse_critic 1 turns it off)")
         cfg = dataclasses.replace(cfg, n_frames=data.n_frames, norm_frames=data.norm_frames,  # 0 (auto): the data's
                                   coarse_critic=coarse)
-        problems = range_problems(cfg)  # those that the data's n_frames decides
-        if problems:
-            raise SystemExit("Configuration error:\n  " + "\n  ".join(problems))
+        refuse(range_problems(cfg))  # those that the data's n_frames decides
         if cfg.batch_size > len(data) // world:  # refused before the evaluator's classifier trains
             raise SystemExit(f"batch_size={cfg.batch_size} is larger than the dataset ({len(data)} usable clips"
                              f"{f' over {world} processes' if world > 1 else ''}); pass --batch_size "
