@@ -79,26 +79,25 @@ def main():
     lines = []
     for path, generator, run_cfg, scale in same_judge.generators(args.checkpoints, evaluator):
         logmel, labels = evaluator.generated(generator, scale, run_cfg.latent_dim)
+        made = judged(evaluator, logmel, labels)
         if args.made_only:
-            made = judged(evaluator, logmel, labels)
             print(f"| {path} | | | {right(made)} | |", flush=True)
             lines.append(f"{path}: judge on the GAN's mels: {taken_for(made, classes)}")
             continue
         critic = run_critic(path, run_cfg, len(classes))
         seen = {split: critic_confusion(critic, data) for split, data in clips.items()}
-        made, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
+        heard = judged(evaluator, evaluator.hear(logmel, vocoder), labels)
         print(f"| {path} | {right(seen['train'])} | {right(seen['test'])} | {right(made)} | {right(heard)} |",
               flush=True)
         lines += [f"{path}: critic on real training clips: {taken_for(seen['train'], classes)}",
                   f"{path}: judge on the GAN's mels: {taken_for(made, classes)}",
                   f"{path}: judge on heard samples: {taken_for(heard, classes)}"]
-    if args.made_only:
-        return print("\n".join([""] + lines))
-    logmel, labels = same_judge.real_crops(evaluator, clips["test"]), clips["test"].labels
-    real, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
-    print(f"| *real held-out clips (heard: the vocoder ceiling)* | | | {right(real)} | {right(heard)} |")
-    lines += [f"real held-out clips: judge on their mels: {taken_for(real, classes)}",
-              f"real held-out clips: judge on them heard through the vocoder: {taken_for(heard, classes)}"]
+    if not args.made_only:  # the floor and the ceiling
+        logmel, labels = same_judge.real_crops(evaluator, clips["test"]), clips["test"].labels
+        real, heard = judged(evaluator, logmel, labels), judged(evaluator, evaluator.hear(logmel, vocoder), labels)
+        print(f"| *real held-out clips (heard: the vocoder ceiling)* | | | {right(real)} | {right(heard)} |")
+        lines += [f"real held-out clips: judge on their mels: {taken_for(real, classes)}",
+                  f"real held-out clips: judge on them heard through the vocoder: {taken_for(heard, classes)}"]
     print("\n".join([""] + lines))
 
 
