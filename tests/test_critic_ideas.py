@@ -163,3 +163,24 @@ def test_z_cbn_starts_as_the_default_and_lets_z_set_each_channel_for_the_whole_c
     expected = last.norm.bias(z).detach().unsqueeze(-1).expand_as(shift)
     assert torch.allclose(shift[both], expected[both], atol=1e-5) and both.any()  # per channel, every frame alike
     assert not torch.allclose(expected[0], expected[1])  # and set by z
+
+
+def test_coarse_uncond_leaves_the_label_to_the_full_rate_critic():
+    cfg = tag.Config(n_frames=64, coarse_critic=4, d_channels=4, g_channels=4)
+    mel, labels = torch.randn(1, 1, 80, 64).expand(3, -1, -1, -1), torch.arange(3)
+    pooled = nn.functional.avg_pool2d(mel, (1, 4))  # (3, 1, 80, 16): what the coarse critic hears
+    built = {}
+    for idea in ("default", "coarse_uncond"):
+        critic_ideas.active["idea"] = idea
+        torch.manual_seed(0)
+        built[idea] = critic_ideas.build_models(cfg, 3)[1]
+    critic_ideas.active["idea"] = "default"
+    with torch.no_grad():
+        plain, uncond = built["default"], built["coarse_uncond"]
+        assert isinstance(uncond.coarse, critic_ideas.UnconditionalCritic)
+        assert plain.coarse(pooled, labels)[0].std() > 1e-3  # the script's coarse critic projects the label
+        coarse = uncond.coarse(pooled, labels)[0]
+        assert torch.allclose(coarse, coarse[0].expand(3))  # this one cannot
+        fine = uncond.critic(mel, labels)[0]
+        assert fine.std() > 1e-3  # the full-rate critic still can
+        assert torch.allclose(uncond(mel, labels)[0], fine + coarse)  # and their scores add, as the script's do
