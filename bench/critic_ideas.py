@@ -37,6 +37,11 @@ Every argument is quality.py's; --variants may also name the ideas below, each t
   over its features alone. With the label projected into both critics, 4-s flutes were drawn toward violins (judged on
   the GAN's mels: 24 % flute, seed 43); the coarse critic is there for the pitch held over seconds, which is no class's,
   and the class is left to the full-rate critic, which hears vibrato and breath the 4x pooling averages away.
+- coarse_own_gp (#32, long clips): the coarse critic (--coarse_critic 4) with a gradient penalty of its own, as
+  MelGAN's discriminators each have their own loss: the script penalises the sum of the two scores, so the two critics
+  share one Lipschitz budget and the full-rate critic, the one that projects the label and hears vibrato and breath,
+  may get less of it than it had alone. Here each is 1-Lipschitz on its own (the coarse one through the pool) and the
+  penalties add (the logged gp is their sum).
 They patch the script from here, not the product: what does not win stays out of train_audio_gan.py.
 """
 import os
@@ -44,6 +49,7 @@ import sys
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality  # noqa: E402  (bench/quality.py: the protocol, the judge, the table)
@@ -51,8 +57,8 @@ import quality  # noqa: E402  (bench/quality.py: the protocol, the judge, the ta
 tag = quality.tag
 FM_WEIGHTS = {"feature_matching": 10.0, "feature_matching100": 100.0}
 IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool", "z_cbn",
-         "coarse_uncond")
-RECIPES = {"coarse_uncond": dict(coarse_critic=4)}  # an idea's flags beside the default recipe's
+         "coarse_uncond", "coarse_own_gp")
+RECIPES = {"coarse_uncond": dict(coarse_critic=4), "coarse_own_gp": dict(coarse_critic=4)}  # an idea's flags beside the default recipe's
 active = {"idea": "default"}  # the variant being built: quality.py trains them one at a time
 
 
@@ -208,7 +214,7 @@ class HarmonicOut(nn.Module):
         return self.out(h) + (gain * stripes).to(h.dtype)
 
 
-base_build_models, base_run_config = tag.build_models, quality.run_config
+base_build_models, base_run_config, base_penalty = tag.build_models, quality.run_config, tag.gradient_penalty
 
 
 def build_models(cfg, n_classes):
@@ -232,12 +238,20 @@ def build_models(cfg, n_classes):
     return generator, critic
 
 
+def gradient_penalty(critic, real, fake, labels):
+    """coarse_own_gp: a CoarseCritic's two critics penalised each on its own (the coarse one through the pool), summed."""
+    if active["idea"] != "coarse_own_gp" or not isinstance(critic, tag.CoarseCritic):
+        return base_penalty(critic, real, fake, labels)
+    coarse = lambda mel, labels: critic.coarse(F.avg_pool2d(mel, (1, critic.pool)), labels)  # noqa: E731
+    return base_penalty(critic.critic, real, fake, labels) + base_penalty(coarse, real, fake, labels)
+
+
 def run_config(args, name, seed, extra):
     active["idea"] = name
     return base_run_config(args, name, seed, extra)  # an idea's VARIANTS entry is its RECIPES flags (or none)
 
 
 if __name__ == "__main__":
-    tag.build_models, quality.run_config = build_models, run_config
+    tag.build_models, tag.gradient_penalty, quality.run_config = build_models, gradient_penalty, run_config
     quality.VARIANTS.update({name: RECIPES.get(name, {}) for name in IDEAS})
     quality.main()

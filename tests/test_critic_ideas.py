@@ -184,3 +184,28 @@ def test_coarse_uncond_leaves_the_label_to_the_full_rate_critic():
         fine = uncond.critic(mel, labels)[0]
         assert fine.std() > 1e-3  # the full-rate critic still can
         assert torch.allclose(uncond(mel, labels)[0], fine + coarse)  # and their scores add, as the script's do
+
+
+def test_coarse_own_gp_penalises_each_critic_on_its_own():
+    cfg = tag.Config(n_frames=64, coarse_critic=4, d_channels=4, g_channels=4)
+    torch.manual_seed(0)
+    critic = critic_ideas.build_models(cfg, 3)[1]
+    real, fake, labels = torch.randn(3, 1, 80, 64), torch.randn(3, 1, 80, 64), torch.arange(3)
+    with torch.no_grad():
+        critic.coarse.fc.weight.mul_(50.0)  # a coarse critic far steeper than the full-rate one
+    coarse = lambda mel, labels: critic.coarse(nn.functional.avg_pool2d(mel, (1, 4)), labels)  # noqa: E731
+    torch.manual_seed(1)
+    shared = critic_ideas.gradient_penalty(critic, real, fake, labels)  # the script's: one penalty on the sum
+    torch.manual_seed(1)
+    assert torch.equal(shared, tag.gradient_penalty(critic, real, fake, labels))
+    critic_ideas.active["idea"] = "coarse_own_gp"
+    try:
+        torch.manual_seed(1)
+        own = critic_ideas.gradient_penalty(critic, real, fake, labels)
+    finally:
+        critic_ideas.active["idea"] = "default"
+    torch.manual_seed(1)
+    fine_gp = tag.gradient_penalty(critic.critic, real, fake, labels)
+    coarse_gp = tag.gradient_penalty(coarse, real, fake, labels)  # eps drawn after the first's, as in own
+    assert torch.allclose(own, fine_gp + coarse_gp)
+    assert not torch.allclose(own, shared, rtol=0.05)
