@@ -58,7 +58,8 @@ tag = quality.tag
 FM_WEIGHTS = {"feature_matching": 10.0, "feature_matching100": 100.0}
 IDEAS = (*FM_WEIGHTS, "freq_dilated", "cepstral_view", "harmonic_head", "harmonic_grid", "band_pool", "z_cbn",
          "coarse_uncond", "coarse_own_gp")
-RECIPES = {"coarse_uncond": dict(coarse_critic=4), "coarse_own_gp": dict(coarse_critic=4)}  # an idea's flags beside the default recipe's
+# an idea's flags beside the default recipe's (the coarse ideas change the coarse critic, so they ask for one)
+RECIPES = {"coarse_uncond": dict(coarse_critic=4), "coarse_own_gp": dict(coarse_critic=4)}
 active = {"idea": "default"}  # the variant being built: quality.py trains them one at a time
 
 
@@ -239,7 +240,7 @@ def build_models(cfg, n_classes):
 
 
 def gradient_penalty(critic, real, fake, labels):
-    """coarse_own_gp: a CoarseCritic's two critics penalised each on its own (the coarse one through the pool), summed."""
+    """coarse_own_gp: a CoarseCritic's critics penalised each on its own (the coarse one through the pool), summed."""
     if active["idea"] != "coarse_own_gp" or not isinstance(critic, tag.CoarseCritic):
         return base_penalty(critic, real, fake, labels)
     coarse = lambda mel, labels: critic.coarse(F.avg_pool2d(mel, (1, critic.pool)), labels)  # noqa: E731
