@@ -66,6 +66,7 @@ VARIANTS = {
     "decay_half": dict(lr_decay=0.5),  # constant for the first half, then linearly to 0 (pix2pix)
     "b128": dict(batch_size=128),  # the GPU preset's batch at the CPU widths (issue #32: the GPU recipe per step)
     "gpu": dict(batch_size=128, g_channels=64, d_channels=64),  # the GPU preset's sizes, all of them
+    "w64": dict(g_channels=64, d_channels=64),  # the GPU preset's widths at the CPU batch (issue #32: the other half)
     "balance": dict(balance=True),  # every class equally often (issue #32: the drum set's 16 kicks); the default since
     "no_balance": dict(balance=False),  # each class as often as it has clips: the default before issue #32's --balance
     "coarse4": dict(coarse_critic=4),  # a second critic on the mel pooled 4x in time (auto: sounds of 2.2 s or more)
@@ -88,8 +89,11 @@ def run_config(args, name, seed, extra):
     """The training configuration of one variant and seed, budgeted by --minutes or by --steps."""
     out_dir = os.path.join(args.out, f"{name}-{seed}")
     resume = args.resume and os.path.exists(os.path.join(out_dir, "checkpoint.pt"))  # exact: as if never stopped
+    # preset "gpu" fills nothing: PRESET spells out every size, and on a CPU "auto" would put the CPU sizes back
+    # wherever a variant asks for the shipped ones (batch 128, widths 64), as train(cfg) counts those as unset
     cfg = tag.Config(base_path=os.path.join(args.data, "train"), device=args.device, seed=seed, out_dir=out_dir,
                      overwrite=not (args.score_only or resume), resume=resume,  # else a rerun replaces
+                     preset="gpu",
                      **{**PRESET, "n_frames": args.n_frames, "vocoder": args.vocoder,
                         "max_minutes": 0.0 if args.steps else args.minutes, **RECIPE, **VARIANTS[name], **extra})
     if args.steps:  # whole epochs of 250 steps: exactly --steps for a multiple of 250, else rounded up

@@ -1,5 +1,5 @@
 """bench/quality.py: a budget in minutes must still let the default's lr decay to 0 by the end of the run, and --resume
-continues only the runs that have a checkpoint;
+continues only the runs that have a checkpoint, and a variant that asks for the GPU sizes gets them on a CPU;
 bench/same_judge.py: shorter clips are padded with silence; bench/kid_probe.py: its harmonicity tells a voice's stripes
 from stripes at no common pitch."""
 import argparse
@@ -37,6 +37,15 @@ def test_resume_continues_the_runs_with_a_checkpoint_and_starts_the_others(tmp_p
     args.resume = False
     assert (quality.run_config(args, "default", 42, {}).resume, quality.run_config(args, "default", 42, {}).overwrite) \
         == (False, True)  # without --resume a rerun replaces the run
+
+
+def test_a_variant_that_asks_for_the_gpu_sizes_trains_them_on_a_cpu(tmp_path):
+    args = argparse.Namespace(data=str(tmp_path), device="cpu", out=str(tmp_path / "out"), n_frames=64,
+                              vocoder="universal", minutes=0.0, steps=250, score_only=False, resume=False)
+    sizes = lambda name: tuple(getattr(tag.apply_preset(quality.run_config(args, name, 42, {}))[0], k)
+                               for k in ("batch_size", "g_channels", "d_channels"))  # what train(cfg) trains
+    assert (sizes("gpu"), sizes("b128"), sizes("w64")) == ((128, 64, 64), (128, 32, 16), (16, 64, 64))
+    assert sizes("default") == (16, 32, 16)  # the CPU sizes quality.py's PRESET spells out
 
 
 def test_same_judge_pads_shorter_clips_with_silence_and_refuses_longer():
