@@ -68,6 +68,7 @@ VARIANTS = {
     "gpu": dict(batch_size=128, g_channels=64, d_channels=64),  # the GPU preset's sizes, all of them
     "w64": dict(g_channels=64, d_channels=64),  # the GPU preset's widths at the CPU batch (issue #32: the other half)
     "w64_lr1e4": dict(g_channels=64, d_channels=64, lr=1e-4),  # the same at half the lr: wider nets, smaller steps
+    "b128_lr1e4": dict(batch_size=128, lr=1e-4),  # the GPU preset's batch at half the lr: does the w64 fix cost it?
     "balance": dict(balance=True),  # every class equally often (issue #32: the drum set's 16 kicks); the default since
     "no_balance": dict(balance=False),  # each class as often as it has clips: the default before issue #32's --balance
     "coarse4": dict(coarse_critic=4),  # a second critic on the mel pooled 4x in time (auto: sounds of 2.2 s or more)
