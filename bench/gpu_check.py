@@ -206,7 +206,7 @@ def ddp_worker(args):
     tag.dist.destroy_process_group()
 
 
-GPU_SIZES = dict(batch_size=128, g_channels=64, d_channels=64)  # the script's shipped (GPU) sizes; n_frames from FSDD
+GPU_SIZES = {k: tag.SHIPPED[k] for k in ("batch_size", "g_channels", "d_channels", "lr")}  # the GPU preset's
 
 
 def quality(args, device):

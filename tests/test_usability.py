@@ -237,6 +237,16 @@ def test_a_cpu_run_takes_the_cpu_sizes_and_says_so_unless_a_flag_or_an_edit_sets
     assert sizes(cfg) == CPU_SIZES and cfg.n_frames == 64
 
 
+def test_the_lr_follows_the_widths_it_was_measured_at(monkeypatch):
+    """Widths 64 blew the penalty up at lr 2e-4 (bench/RESULTS.md): the GPU sizes get 1e-4, the CPU sizes keep 2e-4."""
+    for cuda, lr in ((True, 1e-4), (False, 2e-4)):
+        monkeypatch.setattr(tag.torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        assert tag.parse_config(["--base_path", "data"]).lr == lr
+        assert tag.parse_config(["--base_path", "data", "--lr", "3e-4"]).lr == 3e-4  # a flag wins
+    assert tag.parse_config(["--base_path", "data", "--preset", "gpu"]).lr == 1e-4  # on a CPU too, when asked
+    assert tag.parse_config(["--base_path", "data", "--preset", "cpu"]).lr == 2e-4
+
+
 def test_a_gpu_run_keeps_the_gpu_sizes(monkeypatch, capsys):
     monkeypatch.setattr(tag.torch.cuda, "is_available", lambda: True)  # a mocked CUDA machine
     assert sizes(tag.parse_config(["--base_path", "data"])) == GPU_SIZES
