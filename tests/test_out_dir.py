@@ -186,11 +186,12 @@ def test_a_run_from_before_lr_decay_resumes_with_its_constant_lr(tmp_path, tiny_
     out = tmp_path / "run"
     tag.main(flags(tiny_dataset, out))
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    lr = ckpt["config"]["lr"]  # the run's own (the device's preset's)
     del ckpt["config"]["lr_decay"]  # as an older version of the script wrote it
     torch.save(ckpt, out / "checkpoint.pt")
     tag.main(flags(tiny_dataset, out, epochs=2) + ["--resume"])
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    assert ckpt["config"]["lr_decay"] == 0.0 and ckpt["opt_g"]["param_groups"][0]["lr"] == tag.Config.lr
+    assert ckpt["config"]["lr_decay"] == 0.0 and ckpt["opt_g"]["param_groups"][0]["lr"] == lr
 
 
 def test_each_generate_run_writes_folders_of_its_own(trained, capsys):
