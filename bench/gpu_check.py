@@ -28,6 +28,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import quality  # noqa: E402  (its "gpu" variant: the GPU preset's sizes and lr)
 import throughput  # noqa: E402  (measure(): one timed run of the script's own training step)
 import train_audio_gan as tag  # noqa: E402
 
@@ -206,15 +207,12 @@ def ddp_worker(args):
     tag.dist.destroy_process_group()
 
 
-GPU_SIZES = {k: tag.SHIPPED[k] for k in ("batch_size", "g_channels", "d_channels", "lr")}  # the GPU preset's
-
-
 def quality(args, device):
     """--quality: the default recipe at the GPU sizes on FSDD for --quality_minutes, scored by evaluator v2 (a
     bench/quality.py run, whose table it prints). Needs FSDD's train/ and test/ folders at --data."""
     if not os.path.isdir(os.path.join(args.data, "train")):
         raise RuntimeError(f"no dataset at {os.path.normpath(args.data)}: pass --data with train/ and test/ folders")
-    sizes = ",".join(f"{k}={v}" for k, v in GPU_SIZES.items())
+    sizes = ",".join(f"{k}={v}" for k, v in quality.VARIANTS["gpu"].items())
     cmd = [sys.executable, os.path.join(REPO, "bench", "quality.py"), "--minutes", str(args.quality_minutes), "--seeds",
            "42", "--data", args.data, "--device", str(device), "--set", sizes, "--out", args.quality_out]
     print("$", " ".join(cmd[1:]), flush=True)

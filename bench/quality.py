@@ -65,7 +65,7 @@ VARIANTS = {
     "constant_lr": dict(lr_decay=0.0),  # the default before issue #18's third session: lr 2e-4 to the end
     "decay_half": dict(lr_decay=0.5),  # constant for the first half, then linearly to 0 (pix2pix)
     "b128": dict(batch_size=128),  # the GPU preset's batch at the CPU widths (issue #32: the GPU recipe per step)
-    "gpu": dict(batch_size=128, g_channels=64, d_channels=64, lr=1e-4),  # the GPU preset's sizes and lr
+    "gpu": {k: tag.SHIPPED[k] for k in (*tag.CPU_SIZES, "lr")},  # the GPU preset's sizes and lr, as shipped
     "w64": dict(g_channels=64, d_channels=64),  # the GPU preset's widths at the CPU batch (issue #32: the other half)
     "w64_lr1e4": dict(g_channels=64, d_channels=64, lr=1e-4),  # the same at half the lr: wider nets, smaller steps
     "b128_lr1e4": dict(batch_size=128, lr=1e-4),  # the GPU preset's batch at half the lr: does the w64 fix cost it?
