@@ -74,6 +74,7 @@ VARIANTS = {
     "coarse4": dict(coarse_critic=4),  # a second critic on the mel pooled 4x in time (auto: sounds of 2.2 s or more)
     "no_coarse": dict(coarse_critic=1),  # none: the default before issue #32's --coarse_critic, at every length
     "coarse4_aux2": dict(coarse_critic=4, aux_weight=2.0),  # the class's own loss doubled beside the coarse critic
+    "coarse2": dict(coarse_critic=2),  # the coarse critic pooled 2x: 1.1 s at once, nearer the full-rate critic's detail
 }
 
 
