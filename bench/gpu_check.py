@@ -207,7 +207,7 @@ def ddp_worker(args):
     tag.dist.destroy_process_group()
 
 
-def quality(args, device):
+def quality_run(args, device):
     """--quality: the default recipe at the GPU sizes on FSDD for --quality_minutes, scored by evaluator v2 (a
     bench/quality.py run, whose table it prints). Needs FSDD's train/ and test/ folders at --data."""
     if not os.path.isdir(os.path.join(args.data, "train")):
@@ -263,7 +263,7 @@ def main():
         if figures:
             part("2-GPU torchrun", failures, ddp_scaling, args, device, data, out, figures)
     if args.quality:
-        part("quality", failures, quality, args, device)
+        part("quality", failures, quality_run, args, device)
     if failures:
         print(f"result: FAILED ({', '.join(failures)})")
         sys.exit(1)
